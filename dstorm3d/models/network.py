@@ -1,0 +1,60 @@
+"""The localization network (trunk + head) and a builder from plain hyperparameters."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from torch import Tensor, nn
+
+from dstorm3d.models.heads import build_head
+from dstorm3d.models.trunk import Trunk
+
+
+class LocalizationNet(nn.Module):
+    """``head(trunk(frames))``.
+
+    Input: normalised frames ``(B, 1, H, W)`` (or ``(B, H, W)``, given a channel axis here). Output: the
+    head's, i.e. a ``(B, D, f·H, f·W)`` volume (:class:`~dstorm3d.models.heads.VolumeHead`) or a dict of
+    ``(B, H, W)`` maps (:class:`~dstorm3d.models.heads.OffsetsHead`).
+    """
+
+    def __init__(self, trunk: Trunk, head: nn.Module) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.head = head
+
+    def forward(self, frames: Tensor) -> Tensor | dict[str, Tensor]:
+        if frames.ndim == 3:
+            frames = frames.unsqueeze(1)
+        if frames.ndim != 4 or frames.shape[1] != 1:
+            raise ValueError(f"frames must have shape (B, 1, H, W) or (B, H, W), got {tuple(frames.shape)}")
+        return self.head(self.trunk(frames))
+
+
+def build_localization_net(
+    channels: int = 64,
+    dilations: Sequence[int] = (1, 1, 2, 4, 8, 16),
+    head: str = "volume",
+    depth_slices: int = 121,
+    upsampling: int = 2,
+    output_scale: float = 800.0,
+    activation: str = "hardtanh",
+    **head_kwargs: Any,
+) -> LocalizationNet:
+    """Build a :class:`LocalizationNet` from plain data (numbers, strings, lists), e.g. checkpoint
+    hyperparameters. The defaults are the paper's STORM network (612,703 parameters).
+
+    ``depth_slices``, ``upsampling``, ``output_scale`` and ``activation`` apply to ``head="volume"`` and
+    are ignored for ``head="offsets"``; ``head_kwargs`` go to the head's constructor (e.g.
+    ``residual_blocks`` or ``offset_range``).
+    """
+    trunk = Trunk(channels=int(channels), dilations=[int(d) for d in dilations])
+    kwargs: dict[str, Any] = {"in_channels": trunk.out_channels, "channels": int(channels)}
+    if head == "volume":
+        kwargs |= {
+            "depth_slices": int(depth_slices),
+            "upsampling": int(upsampling),
+            "output_scale": float(output_scale),
+            "activation": str(activation),
+        }
+    return LocalizationNet(trunk, build_head(head, **(kwargs | dict(head_kwargs))))
