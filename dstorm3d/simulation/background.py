@@ -81,10 +81,11 @@ def _frame_subrange(batch: int, level_range: tuple[float, float], generator: tor
 
 
 def _rescale(unit_or_raw: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """Min–max scale every frame of ``(B, H, W)`` to exactly [lo_f, hi_f] (a flat frame goes to the middle)."""
+    """Min–max scale every frame of ``(B, H, W)`` to exactly [lo_f, hi_f] (flat frames: the middle)."""
     fmin = unit_or_raw.amin(dim=(-2, -1), keepdim=True)
     span = unit_or_raw.amax(dim=(-2, -1), keepdim=True) - fmin
-    unit = torch.where(span > 0, (unit_or_raw - fmin) / span.clamp_min(1e-30), torch.full_like(unit_or_raw, 0.5))
+    unit = torch.where(span > 0, (unit_or_raw - fmin) / span.clamp_min(1e-30),
+                       torch.full_like(unit_or_raw, 0.5))
     return lo + (hi - lo) * unit
 
 
@@ -115,7 +116,8 @@ def zero_background(batch: int, shape: Sequence[int], generator: torch.Generator
     return torch.zeros(b, h, w, device=_device(device, generator))
 
 
-def uniform_background(batch: int, shape: Sequence[int], level: Level, generator: torch.Generator | None = None,
+def uniform_background(batch: int, shape: Sequence[int], level: Level,
+                       generator: torch.Generator | None = None,
                        device: torch.device | str | None = None) -> Tensor:
     """A flat background per frame, ``(B, H, W)`` photons/px.
 
@@ -242,7 +244,8 @@ def background_from_config(config: Mapping[str, Any]) -> BackgroundModel:
     settings are validated immediately by drawing one tiny frame with a private generator.
     """
     if not isinstance(config, Mapping):
-        raise ValueError(f"background config must be a mapping with a 'kind' key, got {type(config).__name__}")
+        raise ValueError(
+            f"background config must be a mapping with a 'kind' key, got {type(config).__name__}")
     kind = config.get("kind")
     if kind not in BACKGROUNDS:
         raise ValueError(f"background.kind must be one of {sorted(BACKGROUNDS)}, got {kind!r}")

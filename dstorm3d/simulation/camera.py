@@ -196,7 +196,8 @@ def sample_gamma(concentration: Tensor, scale: float | Tensor = 1.0, generator: 
         if pending.numel():
             raise RuntimeError(f"gamma sampler did not converge in {max_rounds} rounds")
     u = torch.rand(a.shape, generator=generator, device=a.device, dtype=a.dtype)
-    boost = torch.where(boosted & (flat_alpha > 0), u ** (1.0 / flat_alpha.clamp_min(1e-30)), torch.ones_like(u))
+    boost = torch.where(boosted & (flat_alpha > 0), u ** (1.0 / flat_alpha.clamp_min(1e-30)),
+                        torch.ones_like(u))
     out = torch.where(flat_alpha == 0, torch.zeros_like(out), out * boost)
     return out.reshape(alpha.shape) * torch.as_tensor(scale, dtype=out.dtype, device=out.device)
 
@@ -227,7 +228,8 @@ def smooth_unit_field(shape: Sequence[int], correlation_px: float, generator: to
     field = noise[..., :h, :w]
     lo = field.amin(dim=(-2, -1), keepdim=True)
     span = field.amax(dim=(-2, -1), keepdim=True) - lo
-    return torch.where(span > 0, (field - lo) / span.clamp_min(torch.finfo(dtype).tiny), torch.full_like(field, 0.5))
+    unit = (field - lo) / span.clamp_min(torch.finfo(dtype).tiny)
+    return torch.where(span > 0, unit, torch.full_like(field, 0.5))
 
 
 def smooth_random_map(shape: Sequence[int], lo: float | Tensor, hi: float | Tensor, correlation_px: float,
@@ -235,7 +237,7 @@ def smooth_random_map(shape: Sequence[int], lo: float | Tensor, hi: float | Tens
                       dtype: torch.dtype = torch.float32) -> Tensor:
     """A smooth random field of shape ``(..., H, W)`` spanning exactly [lo, hi] (each field separately).
 
-    ``lo``/``hi`` are numbers or tensors broadcasting to ``(..., 1, 1)`` (e.g. per-frame bounds ``(B, 1, 1)``).
+    ``lo``/``hi`` are numbers or tensors broadcasting to ``(..., 1, 1)`` (e.g. per-frame ``(B, 1, 1)``).
     Usable for read-noise σ maps and backgrounds; see :func:`smooth_unit_field` for ``correlation_px``.
     """
     lo_t, hi_t = torch.as_tensor(lo, dtype=dtype), torch.as_tensor(hi, dtype=dtype)
@@ -313,10 +315,11 @@ class ReadoutCamera:
         object.__setattr__(self, "baseline", _as_param("baseline", self.baseline))
         object.__setattr__(self, "read_noise", _as_param("read_noise", self.read_noise, minimum=0.0))
         if self.read_noise_correlation_px is not None:
-            object.__setattr__(self, "read_noise_correlation_px",
-                               _check_non_negative("read_noise_correlation_px", self.read_noise_correlation_px))
+            correlation = _check_non_negative("read_noise_correlation_px", self.read_noise_correlation_px)
+            object.__setattr__(self, "read_noise_correlation_px", correlation)
 
-    def draw_parameters(self, mu_photons: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def draw_parameters(self, mu_photons: Tensor,
+                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Baseline and σ for these frames, each broadcasting against ``mu_photons`` (ranges are drawn)."""
         mu = _as_float_tensor(mu_photons)
         if isinstance(self.baseline, tuple):
@@ -411,7 +414,8 @@ class EMCCD:
 
     def amplified_electrons(self, mu_photons: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Electrons leaving the EM register (before read noise): Gamma(Poisson(λ), gain), shape of μ."""
-        electrons = torch.poisson(self.expected_electrons(mu_photons).detach().clamp_min(0.0), generator=generator)
+        lam = self.expected_electrons(mu_photons).detach().clamp_min(0.0)
+        electrons = torch.poisson(lam, generator=generator)
         return sample_gamma(electrons, self.em_gain, generator)
 
     def sample(self, mu_photons: Tensor, generator: torch.Generator | None = None,
@@ -505,8 +509,9 @@ class SCMOS:
         if len(shape) != 2 or any(int(s) < 1 for s in shape):
             raise ValueError(f"sCMOS shape must be (H, W) with H, W ≥ 1, got {tuple(shape)}")
         h, w = int(shape[0]), int(shape[1])
-        for name, value in (("offset_std", offset_std), ("gain_std", gain_std), ("read_var_std", read_var_std)):
-            _check_non_negative(name, value)
+        _check_non_negative("offset_std", offset_std)
+        _check_non_negative("gain_std", gain_std)
+        _check_non_negative("read_var_std", read_var_std)
         _check_positive("gain_mean", gain_mean)
         _check_positive("read_var_mean", read_var_mean)
         sigma_ln = math.sqrt(math.log1p((read_var_std / read_var_mean) ** 2))
@@ -523,7 +528,7 @@ class SCMOS:
     def _maps(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         shape = self.frame_shape
         if shape is not None and (like.ndim < 2 or tuple(like.shape[-2:]) != shape):
-            raise ValueError(f"frames of shape {tuple(like.shape)} do not match the sCMOS maps of shape {shape}")
+            raise ValueError(f"frames of shape {tuple(like.shape)} do not match the sCMOS maps {shape}")
         return tuple(torch.as_tensor(getattr(self, n), device=like.device, dtype=like.dtype)  # type: ignore
                      for n in ("offset_adu", "gain_adu_per_e", "read_var_adu2"))
 
@@ -559,7 +564,7 @@ class SCMOS:
             return cls(**params)
         explicit = sorted(set(params) & {"offset_adu", "gain_adu_per_e", "read_var_adu2"})
         if explicit:
-            raise ValueError(f"camera keys {explicit} cannot be combined with 'shape': give maps or draw them")
+            raise ValueError(f"camera keys {explicit} cannot be combined with 'shape', which draws the maps")
         shape = params.pop("shape")
         rng = np.random.default_rng(params.pop("seed", None))
         return cls.random(tuple(shape), rng, **params)

@@ -99,7 +99,8 @@ class EmitterSampler:
         count_range: (n_min, n_max) emitters in the frame, or ``None``.
         photons: ``{"kind": "gamma", "shape": k, "scale": θ}``, ``{"kind": "uniform", "low": a, "high": b}``
             or ``{"kind": "fixed", "value": N}`` signal photons per emitter.
-        label_min_photons: emitters with at most this many photons are rendered but not labelled (paper: 6000).
+        label_min_photons: emitters with at most this many photons are rendered but not labelled
+            (paper: 6000).
         min_distance_um: if set, no two emitters (inside or outside the frame) are closer than this in 3D;
             an emitter that finds no free place in ``max_tries`` draws is dropped.
         margin_px: width of the border around the frame that also receives emitters (pixels).
@@ -112,7 +113,8 @@ class EmitterSampler:
     z_range_um: tuple[float, float]
     density_per_um2: tuple[float, float] | None = None
     count_range: tuple[int, int] | None = None
-    photons: Mapping[str, Any] = field(default_factory=lambda: {"kind": "gamma", "shape": 3.0, "scale": 3000.0})
+    photons: Mapping[str, Any] = field(
+        default_factory=lambda: {"kind": "gamma", "shape": 3.0, "scale": 3000.0})
     label_min_photons: float = 0.0
     min_distance_um: float | None = None
     margin_px: float = 0.0
@@ -158,7 +160,8 @@ class EmitterSampler:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_setup(cls, setup: "OpticalSetup", frame_shape: Sequence[int], **kwargs: Any) -> "EmitterSampler":
-        """A sampler with the setup's pixel size and (by default) z range; a given z range must lie inside it."""
+        """A sampler with the setup's pixel size and (by default) z range; a given z range must lie
+        inside the setup's."""
         kwargs.setdefault("z_range_um", setup.z_range_um)
         sampler = cls(frame_shape=tuple(frame_shape), pixel_size_um=setup.pixel_size_um, **kwargs)
         sampler.check_setup(setup)
@@ -167,8 +170,8 @@ class EmitterSampler:
     def check_setup(self, setup: "OpticalSetup") -> None:
         """Raise when the pixel size differs from the setup's or the z range leaves the setup's."""
         if not math.isclose(self.pixel_size_um, setup.pixel_size_um, rel_tol=1e-9):
-            raise ValueError(f"sampler.pixel_size_um = {self.pixel_size_um} µm differs from the optical setup's "
-                             f"{setup.pixel_size_um} µm")
+            raise ValueError(f"sampler.pixel_size_um = {self.pixel_size_um} µm differs from the optical "
+                             f"setup's {setup.pixel_size_um} µm")
         (z0, z1), (s0, s1) = self.z_range_um, setup.z_range_um
         if z0 < s0 - 1e-12 or z1 > s1 + 1e-12:
             raise ValueError(f"sampler.z_range_um = {list(self.z_range_um)} lies outside the optical setup's "
@@ -250,7 +253,8 @@ class EmitterSampler:
 
     def _spread_out(self, rng: np.random.Generator, xyz: np.ndarray, in_frame: np.ndarray) -> np.ndarray:
         """Keep positions at least ``min_distance_um`` apart: emitters are placed one by one; one that is too
-        close to an already placed one is redrawn in its region, up to ``max_tries`` draws in all, else dropped.
+        close to an already placed one is redrawn in its region, up to ``max_tries`` draws in all, else
+        dropped.
         Returns the ``(k, 3)`` placed positions (in order)."""
         d2 = self.min_distance_um ** 2
         placed: list[np.ndarray] = []
@@ -310,7 +314,7 @@ def ellipsoid_surface(rng: np.random.Generator, n: int, centre_um: Sequence[floa
     centre = np.asarray(centre_um, dtype=np.float64)
     radii = np.asarray(radii_um, dtype=np.float64)
     if centre.shape != (3,) or radii.shape != (3,):
-        raise ValueError(f"ellipsoid centre and radii must have 3 values each, got {centre_um!r}, {radii_um!r}")
+        raise ValueError(f"ellipsoid centre and radii need 3 values each, got {centre_um!r}, {radii_um!r}")
     if not (np.all(np.isfinite(radii)) and np.all(radii > 0) and np.all(np.isfinite(centre))):
         raise ValueError(f"ellipsoid radii must be positive and finite, got {radii_um!r}")
     kept: list[np.ndarray] = []
@@ -329,7 +333,8 @@ def ellipsoid_surface(rng: np.random.Generator, n: int, centre_um: Sequence[floa
 
 def to_emitters(samples: Sequence[Mapping[str, np.ndarray]], device: torch.device | str | None = None,
                 dtype: torch.dtype = torch.float32) -> Emitters:
-    """Pad per-frame sample dicts (``xyz``, ``photons``, ``labelled``) into an ``Emitters`` batch of ``len(samples)``."""
+    """Pad per-frame sample dicts (``xyz``, ``photons``, ``labelled``) into one ``Emitters`` batch
+    (``B = len(samples)``, ``M`` = the largest count)."""
     return Emitters.from_lists(
         xyz=[np.asarray(s["xyz"], dtype=np.float64).reshape(-1, 3) for s in samples],
         photons=[s["photons"] for s in samples],

@@ -114,7 +114,8 @@ def test_emccd_excess_noise_factor_is_two():
     assert abs(electrons.mean() / (camera.em_gain * lam) - 1) < 0.02
     adu = camera.sample(frames, gen(7)).double().numpy()
     assert np.all(adu == np.round(adu))
-    electron_var = adu.var(ddof=1) * camera.e_per_adu ** 2 - camera.read_noise_e ** 2 - camera.e_per_adu ** 2 / 12
+    k = camera.e_per_adu
+    electron_var = adu.var(ddof=1) * k ** 2 - camera.read_noise_e ** 2 - k ** 2 / 12  # minus read and ADC
     f2_adu = electron_var / (camera.em_gain ** 2 * lam)
     assert abs(f2_adu - 2) < 0.1, f"F² from the ADU output = {f2_adu:.3f}"
 
@@ -141,10 +142,11 @@ def test_emccd_differentiable_mode_matches_mean_and_variance():
     expected_mean = camera.em_gain * lam / camera.e_per_adu - 0.5 + camera.baseline_adu
     expected_var = var_e / camera.e_per_adu ** 2 + 1 / 12
     assert_within(adu.mean(), expected_mean, math.sqrt(expected_var / n), "differentiable EMCCD mean")
-    assert_within(adu.var(ddof=1), expected_var, expected_var * math.sqrt(2 / n), "differentiable EMCCD variance")
+    assert_within(adu.var(ddof=1), expected_var, expected_var * math.sqrt(2 / n),
+                  "differentiable EMCCD variance")
 
 
-# ---------------------------------------------------------------------------------------------- readout camera
+# ------------------------------------------------------------------------------------------ readout camera
 def test_readout_camera_fixed_parameters_statistics():
     camera = ReadoutCamera(baseline=30.0, read_noise=10.0)
     mu, n = 50.0, 200_000
@@ -221,7 +223,7 @@ def test_scmos_random_maps_are_reproducible_and_checked():
         SCMOS(offset_adu=torch.zeros(4, 4), gain_adu_per_e=torch.ones(3, 3))
 
 
-# ---------------------------------------------------------------------------------------------- reproducibility
+# ----------------------------------------------------------------------------------------- reproducibility
 @pytest.mark.parametrize("camera", [IdealCamera(), ReadoutCamera(), EMCCD(spurious_charge_e=0.01),
                                     SCMOS.random((16, 16), np.random.default_rng(0))], ids=lambda c: c.kind)
 @pytest.mark.parametrize("differentiable", [False, True])

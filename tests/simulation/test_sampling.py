@@ -126,7 +126,8 @@ def test_uniform_and_fixed_photons():
     uniform = np.concatenate([f["photons"] for f in draw(
         sampler(photons={"kind": "uniform", "low": 10000, "high": 60000}), 50)])
     assert uniform.min() >= 10000 and uniform.max() <= 60000 and uniform.std() > 10000
-    fixed = np.concatenate([f["photons"] for f in draw(sampler(photons={"kind": "fixed", "value": 30000}), 5)])
+    fixed_sampler = sampler(photons={"kind": "fixed", "value": 30000})
+    fixed = np.concatenate([f["photons"] for f in draw(fixed_sampler, 5)])
     assert np.all(fixed == 30000.0)
 
 
@@ -201,7 +202,7 @@ def test_to_emitters_pads_frames():
         np.testing.assert_allclose(em.photons[i, :counts[i]].numpy(), x["photons"], rtol=1e-6)
 
 
-# ---------------------------------------------------------------------------------------------- setup & configs
+# ----------------------------------------------------------------------------------------- setup & configs
 def test_from_setup_takes_pixel_size_and_z_range():
     s = EmitterSampler.from_setup(storm_setup(), (64, 64), density_per_um2=(0.1, 0.2))
     assert s.pixel_size_um == pytest.approx(0.11) and s.z_range_um == (0.0, 4.0)
