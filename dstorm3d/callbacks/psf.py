@@ -1,0 +1,80 @@
+"""Log the phase mask and the PSF z-stack it makes: to W&B and as PNG/TIFF/GIF files in the run folder.
+
+A fixed mask (the localizer) is logged once at the start of training; a learnable mask (PSF design) also
+every ``every_n_steps`` optimizer steps and at the end, so its evolution can be watched.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+
+from dstorm3d.callbacks.media import log_animation, log_images
+from dstorm3d.optics.masks import aperture_support, atomic_write
+from dstorm3d.visualization import phase_mask_rgb, psf_frame_rgb, psf_montage_rgb, save_gif, save_png
+
+
+class PhaseMaskLogger(pl.Callback):
+    """Draws ``module.phase_mask()`` and ``module.simulator.pupil.psf_zstack`` over the axial range."""
+
+    def __init__(self, every_n_steps: int = 200, z_slices: int = 9, window: int = 64,
+                 output_dir: str | None = None) -> None:
+        self.every_n_steps = max(1, int(every_n_steps))
+        self.z_slices, self.window = int(z_slices), int(window)
+        self.output_dir = Path(output_dir) if output_dir else None
+
+    def _learnable(self, module: pl.LightningModule) -> bool:
+        return bool(getattr(module, "learnable_mask", False))
+
+    @rank_zero_only
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.log_mask(trainer, module)
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self._learnable(module) and step > 0 and step % self.every_n_steps == 0:
+            self.log_mask(trainer, module)
+
+    @rank_zero_only
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if self._learnable(module):
+            self.log_mask(trainer, module)
+
+    def log_mask(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        setup = module.optical_setup
+        pupil = module.simulator.pupil
+        step = trainer.global_step
+        mask = module.phase_mask().detach().double().cpu().numpy()
+        z = np.linspace(*setup.z_range_um, self.z_slices)
+        with torch.no_grad():
+            stack = pupil.psf_zstack(z, min(self.window, setup.pupil_grid), phase_mask=module.phase_mask()).float().cpu().numpy()
+        mask_rgb = phase_mask_rgb(mask, aperture_support(setup), title=f"phase mask, step {step}")
+        montage = psf_montage_rgb(stack, z, title=f"PSF z-stack, step {step}")
+        gif_frames = [psf_frame_rgb(s, zi) for s, zi in zip(stack, z)]
+        if self.output_dir is not None:
+            tag = f"step{step:07d}"
+            save_png(mask_rgb, self.output_dir / f"phase_mask_{tag}.png")
+            save_png(montage, self.output_dir / f"psf_montage_{tag}.png")
+            gif = save_gif(gif_frames, self.output_dir / f"psf_zstack_{tag}.gif")
+            self._save_tiff(stack, z, self.output_dir / f"psf_zstack_{tag}.tif")
+            np.save(self.output_dir / f"phase_mask_{tag}.npy", mask)
+        else:
+            gif = None
+        log_images(trainer, "psf/phase_mask", [mask_rgb], step=step)
+        log_images(trainer, "psf/zstack_montage", [montage], step=step)
+        if gif is not None:
+            log_animation(trainer, "psf/zstack_animation", gif, step=step)
+
+    @staticmethod
+    def _save_tiff(stack: np.ndarray, z: np.ndarray, path: Path) -> None:
+        import tifffile
+
+        description = json.dumps({"z_um": [float(v) for v in z], "unit": "photons per photon emitted"})
+        atomic_write(path, lambda p: tifffile.imwrite(p, stack.astype(np.float32), description=description),
+                     overwrite=True)
