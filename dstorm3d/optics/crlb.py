@@ -2,7 +2,7 @@
 
 Expected counts ``μ_k = N·h_k(x, y, z) + b`` per pixel; Poisson Fisher information
 ``F_ij = Σ_k ∂_i μ_k ∂_j μ_k / μ_k`` over θ = (x, y, z, N, b); the bound is ``sqrt(diag(F⁻¹))``.
-The PSF derivatives come from the pupil: ``∂E/∂x0 = DFT(P·(−2πi f_x))``, ``∂E/∂z = DFT(P·i·k_z)``,
+The PSF derivatives come from the pupil: ``∂E/∂x0 = DFT(P·(+2πi f_x))``, ``∂E/∂z = DFT(P·i·k_z)``,
 ``∂I = 2·Re(E*·∂E)``. An EMCCD's excess noise factor of 2 halves the information (bound × √2).
 """
 
@@ -37,8 +37,8 @@ def psf_with_derivatives(pupil: PupilModel, xyz_um: Tensor, corner: Tensor, shap
     f_x = (pupil.kappa / pupil.setup.pixel_size_um).to(dtype)  # cycles/µm along columns
     kz = (pupil.kz_sample + 1j * pupil.decay)[pupil.radius_index]  # (K, K) complex, rad/µm
     factors = torch.stack([
-        (-2j * math.pi * f_x).reshape(1, -1).expand(f_x.shape[0], -1),   # d/dx: columns
-        (-2j * math.pi * f_x).reshape(-1, 1).expand(-1, f_x.shape[0]),   # d/dy: rows
+        (2j * math.pi * f_x).reshape(1, -1).expand(f_x.shape[0], -1),    # d/dx: columns
+        (2j * math.pi * f_x).reshape(-1, 1).expand(-1, f_x.shape[0]),    # d/dy: rows
         1j * kz,                                                         # d/dz (incl. evanescent decay)
     ])  # (3, K, K)
     pupils = torch.cat([field_pupil.unsqueeze(1), field_pupil.unsqueeze(1) * factors], dim=1)  # (E, 4, K, K)

@@ -3,11 +3,15 @@
 For an emitter at lateral position r0 and depth z above the coverslip, imaged with nominal focal plane
 NFP, the pupil field is (reference.md §3, ρ = λ|f|, k0 = 2π/λ)
 
-    P(f) = A(f) · exp{ i [ Φ_mask(f) + k0 (z·√(n_s² − ρ²) − NFP·√(n_i² − ρ²)) − 2π f·r0 ] }
+    P(f) = A(f) · exp{ i [ Φ_mask(f) + k0 (z·√(n_s² − ρ²) − NFP·√(n_i² − ρ²)) ] }
 
-and the field on the camera is its inverse Fourier transform ``E(r) = Σ_f P(f)·exp(+2πi f·r)``, so an
-emitter at +x appears at +x (higher column index). Intensity ``|E|²`` is normalised so that one DFT
-period (N × N pixels) sums to the photon count, which makes it independent of z, mask and position.
+and the field on the camera is its forward Fourier transform ``E(r) = Σ_f P(f)·exp(−2πi f·(r − r0))``:
+an emitter at +x appears at +x (higher column index). The transform's sign fixes the orientation of a
+mask array relative to the image (mask[row, col] ↔ (f_y, f_x)); the forward sign is the one the
+paper's masks were made with: re-rendering the authors' localizations of the real mito frames with the
+printed Tetrapod fits the frames clearly better this way than with the opposite sign, which rotates
+every PSF by 180° (tests/optics/test_mask_convention.py). Intensity ``|E|²`` is normalised so that one
+DFT period (N × N pixels) sums to the photon count, which makes it independent of z, mask and position.
 
 Evaluation (the cheapest exact method): rather than an N × N FFT per emitter, the transform is a
 matrix DFT from the K × K box that holds the aperture (K = 2⌈R⌉ + 1 ≪ N) onto only the P × P camera
@@ -113,7 +117,7 @@ class PupilModel(nn.Module):
         """Complex pupils ``(E, K, K)`` for depths ``z (E,)`` µm and sub-pixel shifts ``shift_px (E, 2)``
         = (column, row) position of the evaluation grid's origin pixel centre minus the emitter, in pixels.
 
-        ``P = A·exp(i(Φ_mask − k0·NFP·√(n_i² − ρ²)))·exp(i·z·k0·√(n_s² − ρ²))·exp(2πi κ·shift)``.
+        ``P = A·exp(i(Φ_mask − k0·NFP·√(n_i² − ρ²)))·exp(i·z·k0·√(n_s² − ρ²))·exp(−2πi κ·shift)``.
         """
         base = torch.polar(self.amplitude, self.mask_in_box(phase_mask) + self.base_phase)  # (K, K)
         zr = z.reshape(-1, 1)
@@ -126,23 +130,23 @@ class PupilModel(nn.Module):
         return field
 
     def _ramp(self, shift_px: Tensor) -> Tensor:
-        """exp(2πi κ_k s) for shifts ``(E, 2)`` in pixels → ``(E, 2, K)``. The whole-pixel part of s is
+        """exp(−2πi κ_k s) for shifts ``(E, 2)`` in pixels → ``(E, 2, K)``. The whole-pixel part of s is
         reduced modulo the DFT period in integer arithmetic, so float32 keeps full precision far from
         the origin."""
         whole = torch.round(shift_px.detach())
         frac = shift_px - whole
         n = self.setup.pupil_grid
         cycles = torch.remainder(whole.long().unsqueeze(-1) * self.frequency_index, n).to(frac.dtype) / n
-        angle = 2 * math.pi * (frac.unsqueeze(-1) * self.kappa + cycles)
+        angle = -2 * math.pi * (frac.unsqueeze(-1) * self.kappa + cycles)
         return torch.polar(torch.ones_like(angle), angle)
 
     # ------------------------------------------------------------------ transform
     def dft_matrix(self, size: int) -> Tensor:
-        """``(K, P)`` complex matrix exp(+2πi κ_k (j − P//2)): pupil box → P camera pixels along one axis."""
+        """``(K, P)`` complex matrix exp(−2πi κ_k (j − P//2)): pupil box → P camera pixels along one axis."""
         j = torch.arange(size, device=self.kappa.device) - size // 2
         n = self.setup.pupil_grid
         cycles = torch.remainder(self.frequency_index.unsqueeze(1) * j.unsqueeze(0), n).to(self.kappa.dtype) / n
-        angle = 2 * math.pi * cycles  # exact: κ_k·j reduced modulo one cycle in integers
+        angle = -2 * math.pi * cycles  # exact: κ_k·j reduced modulo one cycle in integers
         return torch.polar(torch.ones_like(angle), angle)
 
     def fields_on_grid(self, pupil: Tensor, shape: tuple[int, int]) -> Tensor:

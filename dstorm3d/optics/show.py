@@ -1,0 +1,337 @@
+"""Show an optical setup and its phase mask: PSF z-stack, montage, mask image and precision bound.
+
+    python -m dstorm3d.optics.show optics=storm
+    python -m dstorm3d.optics.show optics=storm_printed show.emccd=true show.photons=5000 show.background=50
+    python -m dstorm3d.optics.show optics=storm optics.mask=/path/to/mask.npy
+
+Writes into the Hydra run folder (settings in ``configs/show.yaml``):
+
+* ``psf_zstack.tif``: float32 ``(Z, P, P)`` PSFs per photon (one DFT period sums to 1) of an emitter at
+  the centre of pixel ``(P//2, P//2)``; the TIFF description is JSON with ``z_um`` and the pixel size.
+* ``psf_montage.png``: the slices in a grid, each titled with its z.
+* ``phase_mask.png``: the mask's wrapped phase inside the aperture.
+* ``crlb.csv`` / ``crlb.png``: Cramér–Rao bounds of x, y, z (nm) against z.
+* ``summary.json``: the setup, the mask's source, the mean bounds and the window's photon fraction.
+
+Everything is computed before the first file is written; a setup, mask or setting that cannot be used
+ends the run with one line on stderr and exit code 2, and writes none of these files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from dstorm3d.optics.config import mask_from_config, setup_from_config
+from dstorm3d.optics.crlb import crlb
+from dstorm3d.optics.masks import BUILTIN_MASKS, MaskError, aperture_support, atomic_write
+from dstorm3d.optics.pupil import PupilModel
+from dstorm3d.optics.setup import OpticalSetup, SetupError
+from dstorm3d.utils.paths import CONFIG_DIR, register_root
+
+OUTPUT_FILES = ("psf_zstack.tif", "psf_montage.png", "phase_mask.png", "crlb.csv", "crlb.png", "summary.json")
+EXIT_BAD_INPUT = 2
+CRLB_COLUMNS = ("z_um", "x_nm", "y_nm", "z_nm", "photons_std", "background_std")
+
+
+class ShowError(ValueError):
+    """A ``show.*`` setting that cannot be used."""
+
+
+# ---------------------------------------------------------------------------------------- settings
+def _integer(config: Mapping[str, Any], key: str, minimum: int) -> int:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ShowError(f"show.{key} must be an integer ≥ {minimum}, got {value!r}")
+    return value
+
+
+def _positive(config: Mapping[str, Any], key: str) -> float:
+    value = config.get(key)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and value > 0):
+        raise ShowError(f"show.{key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _flag(config: Mapping[str, Any], key: str) -> bool:
+    value = config.get(key)
+    if not isinstance(value, bool):
+        raise ShowError(f"show.{key} must be true or false, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ShowSettings:
+    """The validated ``show`` config group (see ``configs/show.yaml``)."""
+
+    z_slices: int
+    window_px: int
+    shared_colour_scale: bool
+    photons: float
+    background: float
+    emccd: bool
+    crlb_z_points: int
+    crlb_window_px: int | None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "ShowSettings":
+        crlb_window = config.get("crlb_window_px")
+        return cls(
+            z_slices=_integer(config, "z_slices", 1),
+            window_px=_integer(config, "window_px", 3),
+            shared_colour_scale=_flag(config, "shared_colour_scale"),
+            photons=_positive(config, "photons"),
+            # zero background leaves pixels without signal at μ = 0 and the Fisher information undefined
+            background=_positive(config, "background"),
+            emccd=_flag(config, "emccd"),
+            crlb_z_points=_integer(config, "crlb_z_points", 1),
+            crlb_window_px=None if crlb_window is None else _integer(config, "crlb_window_px", 3),
+        )
+
+
+def describe_mask_source(optics: Mapping[str, Any]) -> dict[str, Any]:
+    """Where the mask came from: a built-in name or a resolved file path (with its loading options)."""
+    spec = str(optics.get("mask"))
+    if spec in BUILTIN_MASKS:
+        return {"kind": "built-in", "name": spec}
+    return {"kind": "file", "path": str(Path(spec).expanduser().resolve()),
+            "variable": optics.get("mask_variable"),
+            "resample_mask": bool(optics.get("resample_mask", False))}
+
+
+# ---------------------------------------------------------------------------------------- computing
+@dataclass(frozen=True)
+class SetupView:
+    """Everything the files show, computed before any of them is written."""
+
+    setup: OpticalSetup
+    mask: np.ndarray           # (N, N) rad
+    mask_source: dict[str, Any]
+    settings: ShowSettings
+    z_um: np.ndarray           # (Z,) PSF slices
+    psf: np.ndarray            # (Z, P, P) float32, per photon
+    crlb_z_um: np.ndarray      # (Zc,)
+    bounds: dict[str, np.ndarray]  # crlb() output, each (Zc,)
+
+    @property
+    def window_fraction(self) -> np.ndarray:
+        """Fraction of the photons inside the P × P window, per slice."""
+        return self.psf.sum(axis=(1, 2), dtype=np.float64)
+
+
+def compute_view(optics: Mapping[str, Any], settings: ShowSettings) -> SetupView:
+    """Build the setup and mask from the ``optics`` config and evaluate PSFs and bounds (float64)."""
+    setup = setup_from_config(optics)
+    setup.check_window(settings.window_px)
+    if settings.crlb_window_px is not None:
+        setup.check_window(settings.crlb_window_px)
+    mask = mask_from_config(optics, setup)
+    pupil = PupilModel(setup, mask, dtype=torch.float64)
+    z0, z1 = setup.z_range_um
+    z_um = np.linspace(z0, z1, settings.z_slices)
+    crlb_z_um = np.linspace(z0, z1, settings.crlb_z_points)
+    with torch.no_grad():
+        psf = pupil.psf_zstack(z_um, settings.window_px).numpy().astype(np.float32)
+    bounds = crlb(pupil, crlb_z_um, photons=settings.photons, background=settings.background,
+                  window=settings.crlb_window_px, emccd=settings.emccd)
+    return SetupView(setup=setup, mask=mask, mask_source=describe_mask_source(optics), settings=settings,
+                     z_um=z_um, psf=psf, crlb_z_um=crlb_z_um, bounds=bounds)
+
+
+# ---------------------------------------------------------------------------------------- figures
+def _new_figure(width: float, height: float) -> Any:
+    """A matplotlib figure drawn by the Agg canvas (no display, no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def montage_figure(view: SetupView) -> Any:
+    """The z slices in a grid, titled with z; one shared colour scale or one per slice."""
+    psf, z_um = view.psf, view.z_um
+    count, window = psf.shape[0], psf.shape[-1]
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    width = 2.1 * columns + (1.2 if view.settings.shared_colour_scale else 0.3)
+    figure = _new_figure(max(width, 5.5), 2.2 * rows + 0.9)
+    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+    shared_max = float(psf.max())
+    image = None
+    for index, ax in enumerate(axes):
+        ax.set_axis_off()
+        if index >= count:
+            continue
+        peak = float(psf[index].max())
+        vmax = shared_max if view.settings.shared_colour_scale else peak
+        image = ax.imshow(psf[index], cmap="magma", vmin=0.0, vmax=vmax, interpolation="nearest")
+        title = f"z = {z_um[index]:.2f} µm"
+        if not view.settings.shared_colour_scale:
+            title += f"\npeak {peak:.2e}"
+        ax.set_title(title, fontsize=9)
+    size_um = window * view.setup.pixel_size_um
+    scale = ("shared colour scale" if view.settings.shared_colour_scale
+             else "each slice scaled 0 to its own peak")
+    figure.suptitle(f"{view.setup.name}, mask {_mask_label(view.mask_source)}: PSF per photon\n"
+                    f"{window}×{window} px ({size_um:.2f} µm), NFP {view.setup.nfp_um:g} µm; {scale}",
+                    fontsize=10)
+    if view.settings.shared_colour_scale and image is not None:
+        bar = figure.colorbar(image, ax=axes.tolist(), shrink=0.8)
+        bar.set_label("fraction of the emitted photons per pixel")
+    return figure
+
+
+def phase_mask_figure(view: SetupView) -> Any:
+    """Wrapped phase (−π, π] inside the aperture on a cyclic colour map, axes in ρ = n·sinθ."""
+    setup = view.setup
+    support = aperture_support(setup)
+    wrapped = np.where(support, np.angle(np.exp(1j * view.mask)), np.nan)
+    centre, half = setup.pupil_grid // 2, int(math.ceil(setup.pupil_radius_px)) + 2
+    crop = slice(max(centre - half, 0), min(centre + half + 1, setup.pupil_grid))
+    rho_per_sample = setup.wavelength_um * setup.pupil_pitch
+    lo = (crop.start - centre - 0.5) * rho_per_sample
+    hi = (crop.stop - 1 - centre + 0.5) * rho_per_sample
+    figure = _new_figure(5.2, 4.4)
+    ax = figure.subplots()
+    image = ax.imshow(wrapped[crop, crop], cmap="twilight", vmin=-math.pi, vmax=math.pi,
+                      extent=(lo, hi, hi, lo), interpolation="nearest")
+    ax.set_xlabel("ρx = n·sinθ")
+    ax.set_ylabel("ρy = n·sinθ")
+    ax.set_title(f"{view.setup.name}: phase mask {_mask_label(view.mask_source)}\n"
+                 f"inside the aperture (ρ < {setup.aperture_na:g}), N = {setup.pupil_grid}", fontsize=10)
+    bar = figure.colorbar(image, ax=ax, ticks=[-math.pi, -math.pi / 2, 0, math.pi / 2, math.pi])
+    bar.ax.set_yticklabels(["−π", "−π/2", "0", "π/2", "π"])
+    bar.set_label("wrapped phase (rad)")
+    return figure
+
+
+def crlb_figure(view: SetupView) -> Any:
+    """CRLB of x, y and z (nm) against z, the nominal focal plane marked."""
+    settings = view.settings
+    figure = _new_figure(6.0, 4.0)
+    ax = figure.subplots()
+    for key, label in (("x_nm", "x"), ("y_nm", "y"), ("z_nm", "z")):
+        values = view.bounds[key]
+        ax.plot(view.crlb_z_um, values, marker="." if values.size < 60 else None,
+                label=f"{label} (mean {values.mean():.2f} nm)")
+    ax.axvline(view.setup.nfp_um, color="0.6", linestyle="--", linewidth=1, label="NFP")
+    ax.set_xlabel("z above the coverslip (µm)")
+    ax.set_ylabel("CRLB (nm)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    noise = ", EMCCD excess noise (×√2)" if settings.emccd else ""
+    ax.set_title(f"{view.setup.name}, mask {_mask_label(view.mask_source)}: {settings.photons:,.0f} photons, "
+                 f"{settings.background:g} background photons/px{noise}", fontsize=9)
+    return figure
+
+
+def _mask_label(source: Mapping[str, Any]) -> str:
+    return source["name"] if source["kind"] == "built-in" else Path(source["path"]).name
+
+
+# ---------------------------------------------------------------------------------------- files
+def crlb_table(view: SetupView) -> str:
+    """``crlb.csv`` text: one row per depth."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CRLB_COLUMNS)
+    b = view.bounds
+    for row in zip(view.crlb_z_um, b["x_nm"], b["y_nm"], b["z_nm"], b["photons"], b["background"]):
+        writer.writerow([f"{value:.6g}" for value in row])
+    return buffer.getvalue()
+
+
+def summary(view: SetupView) -> dict[str, Any]:
+    """``summary.json`` contents."""
+    settings, fraction = view.settings, view.window_fraction
+    return {
+        "setup": view.setup.to_dict(),
+        "mask": view.mask_source,
+        "psf": {"z_um": [round(float(z), 6) for z in view.z_um], "window_px": settings.window_px,
+                "pixel_size_um": view.setup.pixel_size_um,
+                "window_photon_fraction": {"min": float(fraction.min()), "mean": float(fraction.mean())},
+                "colour_scale": "shared" if settings.shared_colour_scale else "per slice"},
+        "crlb": {"photons": settings.photons, "background": settings.background, "emccd": settings.emccd,
+                 "window_px": settings.crlb_window_px or view.setup.pupil_grid,
+                 "z_points": settings.crlb_z_points,
+                 "mean_nm": {axis: float(view.bounds[f"{axis}_nm"].mean()) for axis in ("x", "y", "z")}},
+        "files": list(OUTPUT_FILES),
+    }
+
+
+def _with_default_permissions(write: Callable[[Path], None]) -> Callable[[Path], None]:
+    """``write``, then give the file the permissions of a plain ``open()`` (the temporary file of
+    :func:`atomic_write` is created private, 0600)."""
+    def write_and_chmod(path: Path) -> None:
+        write(path)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(path, 0o666 & ~umask)
+    return write_and_chmod
+
+
+def write_outputs(view: SetupView, folder: Path) -> list[Path]:
+    """Write every output file atomically into ``folder``; return their paths."""
+    import tifffile
+
+    description = json.dumps({"z_um": [float(z) for z in view.z_um], "unit": "fraction of photons per pixel",
+                              "pixel_size_um": view.setup.pixel_size_um, "setup": view.setup.name,
+                              "mask": view.mask_source})
+    writers = {
+        "psf_zstack.tif": lambda p: tifffile.imwrite(p, view.psf, description=description),
+        "psf_montage.png": lambda p: montage_figure(view).savefig(p),
+        "phase_mask.png": lambda p: phase_mask_figure(view).savefig(p),
+        "crlb.csv": lambda p: p.write_text(crlb_table(view)),
+        "crlb.png": lambda p: crlb_figure(view).savefig(p),
+        "summary.json": lambda p: p.write_text(json.dumps(summary(view), indent=2) + "\n"),
+    }
+    return [atomic_write(folder / name, _with_default_permissions(writers[name]), overwrite=True)
+            for name in OUTPUT_FILES]
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="show")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point: compute, then write the files, then print where they went."""
+    try:
+        optics = OmegaConf.to_container(cfg.optics, resolve=True)
+        settings = ShowSettings.from_config(OmegaConf.to_container(cfg.show, resolve=True))
+        view = compute_view(optics, settings)
+    except (SetupError, MaskError, ShowError, OmegaConfBaseException) as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    folder = Path(HydraConfig.get().runtime.output_dir)
+    paths = write_outputs(view, folder)
+    means = summary(view)["crlb"]["mean_nm"]
+    print(f"{view.setup.name} with mask {_mask_label(view.mask_source)}: mean CRLB x {means['x']:.2f}, "
+          f"y {means['y']:.2f}, z {means['z']:.2f} nm")
+    print(f"wrote {len(paths)} files to {folder}:")
+    for path in paths:
+        print(f"  {path.name}")
+
+
+if __name__ == "__main__":
+    register_root()
+    main()
