@@ -156,7 +156,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]],
 def write_report(path: Path, title: str, tables: Mapping[str, str], machine: Mapping[str, str],
                  settings: Mapping[str, object], notes: Sequence[str] = ()) -> Path:
     """Write a markdown report (tables, settings, machine, notes) through a temporary file."""
-    from dstorm3d.optics.masks import atomic_write
+    from dstorm3d.utils.files import atomic_write
 
     parts = [f"# {title}", "", f"`{command_line()}`", ""]
     for heading, table in tables.items():
@@ -168,10 +168,4 @@ def write_report(path: Path, title: str, tables: Mapping[str, str], machine: Map
         parts += ["## Notes", "", *(f"- {note}" for note in notes), ""]
     text = "\n".join(parts)
 
-    def write(tmp: Path) -> None:
-        tmp.write_text(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-
-    return atomic_write(Path(path), write, overwrite=True)
+    return atomic_write(Path(path), lambda tmp: tmp.write_text(text), overwrite=True)

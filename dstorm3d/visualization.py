@@ -103,7 +103,7 @@ def save_png(rgb: np.ndarray, path: str | Path) -> Path:
     """Write an RGB array as PNG atomically."""
     from PIL import Image
 
-    from dstorm3d.optics.masks import atomic_write
+    from dstorm3d.utils.files import atomic_write
 
     return atomic_write(Path(path), lambda p: Image.fromarray(rgb).save(p, format="PNG"), overwrite=True)
 
@@ -112,7 +112,7 @@ def save_gif(frames: Sequence[np.ndarray], path: str | Path, duration_ms: int = 
     """Write RGB frames as an animated GIF atomically."""
     from PIL import Image
 
-    from dstorm3d.optics.masks import atomic_write
+    from dstorm3d.utils.files import atomic_write
 
     images = [Image.fromarray(f) for f in frames]
 

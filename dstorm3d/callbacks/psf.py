@@ -15,7 +15,8 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 
 from dstorm3d.callbacks.media import log_animation, log_images
-from dstorm3d.optics.masks import aperture_support, atomic_write
+from dstorm3d.optics.masks import aperture_support
+from dstorm3d.utils.files import atomic_write
 from dstorm3d.visualization import phase_mask_rgb, psf_frame_rgb, psf_montage_rgb, save_gif, save_png
 
 

@@ -1,0 +1,1 @@
+"""Reading camera recordings (TIFF stacks and folders) and preprocessing them for inference."""

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-OUTPUT_ACTIVATIONS = ("hardtanh", "clamp_st", "clamp_leaky", "softplus")
+OUTPUT_ACTIVATIONS = ("hardtanh", "clamp_inward", "clamp_st", "clamp_leaky", "softplus")
 """Names accepted by :class:`ScaledClamp` (see there)."""
 
 
@@ -51,13 +51,32 @@ class _UnitClampFunction(torch.autograd.Function):
         return grad_output * (inside.to(grad_output.dtype) * (1.0 - slope) + slope), None
 
 
+class _InwardClampFunction(torch.autograd.Function):
+    """``clamp(a, 0, 1)`` whose gradient outside ``[0, 1]`` passes only when a descent step moves ``a``
+    back towards the range (below 0: a negative incoming gradient; above 1: a positive one)."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor) -> Tensor:
+        ctx.save_for_backward(a)
+        return a.clamp(0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> Tensor:
+        (a,) = ctx.saved_tensors
+        blocked = ((a < 0) & (grad_output > 0)) | ((a > 1) & (grad_output < 0))
+        return grad_output.masked_fill(blocked, 0.0)
+
+
 def unit_clamp(
     a: Tensor, activation: str = "hardtanh", leaky_slope: float = 0.1, softplus_beta: float = 10.0
 ) -> Tensor:
     """Map a pre-activation ``a`` to ``[0, 1]``; the forward value of every mode except ``softplus`` is
     exactly ``clamp(a, 0, 1)``, and the modes differ only in their gradient outside ``(0, 1)``:
 
-    * ``hardtanh``: zero (the paper's ``Hardtanh``; a voxel pushed below 0 stops learning);
+    * ``hardtanh``: zero (the paper's ``Hardtanh``; a voxel pushed below 0 stops learning, and once every
+      voxel is there the whole output is dead: the all-zero plateau of the original);
+    * ``clamp_inward``: passes only gradients whose descent step points back into ``[0, 1]``: a voxel
+      below 0 that should light up still learns, but nothing drifts further out (no dead start, no drift);
     * ``clamp_st``: one (straight-through: the gradient passes as if there were no clamp);
     * ``clamp_leaky``: ``leaky_slope``;
     * ``softplus``: smooth ``min(softplus(β·a)/β, 1)``, β = ``softplus_beta`` (forward differs from the
@@ -66,6 +85,8 @@ def unit_clamp(
     """
     if activation == "hardtanh":
         return F.hardtanh(a, 0.0, 1.0)
+    if activation == "clamp_inward":
+        return _InwardClampFunction.apply(a)
     if activation == "clamp_st":
         return _UnitClampFunction.apply(a, 1.0)
     if activation == "clamp_leaky":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 from torch import Tensor, nn
@@ -22,6 +23,22 @@ class LocalizationNet(nn.Module):
         super().__init__()
         self.trunk = trunk
         self.head = head
+
+    def receptive_radius_px(self) -> int:
+        """How far (camera pixels) an output location sees into the input, rounded up: the context a tile
+        needs around its core for tiled inference to equal whole-frame inference."""
+        from dstorm3d.models.heads import OffsetsHead, VolumeHead
+
+        radius = float(sum(self.trunk.dilations))  # 3×3 convs: dilation d reaches d pixels
+        if isinstance(self.head, VolumeHead):
+            factor = 1
+            for _ in self.head.upsample_blocks:
+                factor *= 2
+                radius += 1.0 / factor + 1.0 / factor  # nearest upsampling + the block's conv
+            radius += (1 + len(self.head.residual_blocks)) / factor
+        elif isinstance(self.head, OffsetsHead):
+            radius += len(self.head.blocks)
+        return int(math.ceil(radius))
 
     def forward(self, frames: Tensor) -> Tensor | dict[str, Tensor]:
         if frames.ndim == 3:

@@ -14,6 +14,7 @@ rebuilds a model that can localize.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -97,9 +98,12 @@ class SimulatedLocalizationModule(pl.LightningModule):
         """Network output for camera frames ``(B, H, W)`` in counts (normalised here)."""
         return self.net(self.normalization(frames))
 
-    def localize(self, frames: Tensor, threshold: float | None = None) -> Emitters:
-        """Localizations (µm, score) in frames ``(B, H, W)`` of camera counts."""
-        return self.readout.decode(self(frames), float(self.threshold) if threshold is None else threshold)
+    def localize(self, frames: Tensor, threshold: float | None = None, tile: int | None = None) -> Emitters:
+        """Localizations (µm, score) in frames ``(B, H, W)`` of camera counts, through tiles of at most
+        ``tile`` pixels when given (same results as whole frames)."""
+        from dstorm3d.inference.tiling import localize_frames
+
+        return localize_frames(self, frames, tile=tile, threshold=threshold)
 
     def _noise(self, stage: str, batch: Mapping[str, Tensor]) -> torch.Generator:
         first = int(batch["index"][0])
@@ -184,13 +188,22 @@ class SimulatedLocalizationModule(pl.LightningModule):
     def _log_scores(self, stage: str, scores: Mapping[str, Tensor]) -> None:
         for key in METRIC_KEYS:
             value = scores[key]
-            self.log(f"{stage}/{key}", torch.nan_to_num(value.float(), nan=0.0 if key in ("jaccard", "precision", "recall") else -1.0),
-                     sync_dist=False, prog_bar=key == "jaccard" and stage == "val")
+            if key in ("jaccard", "precision", "recall"):
+                value = torch.nan_to_num(value, nan=0.0)  # nothing to find and nothing found: no credit
+            self.log(f"{stage}/{key}", value.float(), sync_dist=False, prog_bar=key == "jaccard" and stage == "val")
 
     # ------------------------------------------------------------------ prediction (inference)
-    def predict_step(self, batch: Any, batch_idx: int) -> Emitters:
+    predict_settings: dict[str, Any] = {}
+    """``tile``, ``margin``, ``threshold`` for :meth:`predict_step` (set by ``infer.py``)."""
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        """``batch``: ``{"frames": (B, H, W) camera counts, "index": (B,)}`` → localizations per frame."""
+        from dstorm3d.inference.tiling import localize_frames
+
         frames = batch["frames"] if isinstance(batch, Mapping) else batch
-        return self.localize(frames)
+        index = batch["index"] if isinstance(batch, Mapping) else torch.arange(frames.shape[0])
+        found = localize_frames(self, frames.float(), **self.predict_settings)
+        return {"index": index, "localizations": found}
 
     # ------------------------------------------------------------------ optimisation
     def parameter_groups(self) -> list[dict[str, Any]]:
@@ -201,8 +214,17 @@ class SimulatedLocalizationModule(pl.LightningModule):
         opt = self.hparams.optimizer
         optimizer = torch.optim.Adam(self.parameter_groups(), weight_decay=float(opt.get("weight_decay", 0.0)))
         sched = dict(self.hparams.scheduler)
-        if sched.get("kind", "plateau") == "none":
+        kind = sched.get("kind", "plateau")
+        if kind == "none":
             return optimizer
+        if kind == "cosine":
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            warmup = int(float(sched.get("warmup_fraction", 0.03)) * total)
+            floor = float(sched.get("final_fraction", 0.01))
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total, warmup, floor))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        if kind != "plateau":
+            raise ValueError(f"model.scheduler.kind must be plateau, cosine or none, got {kind!r}")
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=float(sched.get("factor", 0.1)), patience=int(sched.get("patience", 5)),
             min_lr=float(sched.get("min_lr", 1e-7)))
@@ -218,6 +240,14 @@ class SimulatedLocalizationModule(pl.LightningModule):
         checkpoint["hyper_parameters"] = plain(hparams)
         checkpoint["dstorm3d"] = {"kind": type(self).__name__, "head": self.hparams.head["kind"],
                                   "frame_shape": list(self.simulator.frame_shape)}
+
+
+def cosine_factor(step: int, total: int, warmup: int, floor: float) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to ``floor``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class LocalizerModule(SimulatedLocalizationModule):

@@ -8,12 +8,12 @@ the renderer; built-in masks are exactly zero there, as are the paper's masks.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from dstorm3d.utils.files import atomic_write
 
 from .setup import OpticalSetup
 from .zernike import TETRAPOD_COEFFICIENTS, pupil_polar_grid, zernike_phase
@@ -178,24 +178,6 @@ def load_phase_mask(spec: str | Path, setup: OpticalSetup, resample: bool = Fals
 
 
 # ---------------------------------------------------------------------------------------- saving
-def atomic_write(path: Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; refusing to overwrite it (pass overwrite=True or choose another name)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-    return path
-
-
 def save_phase_mask(mask: np.ndarray, path: str | Path, setup: OpticalSetup | None = None,
                     overwrite: bool = False) -> Path:
     """Save a phase mask (rad) as ``.npy``, ``.tif`` or ``.mat`` (float64, bit-exact round trip).

@@ -23,7 +23,6 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,7 +38,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dstorm3d.optics.config import mask_from_config, setup_from_config
 from dstorm3d.optics.crlb import crlb
-from dstorm3d.optics.masks import BUILTIN_MASKS, MaskError, aperture_support, atomic_write
+from dstorm3d.optics.masks import BUILTIN_MASKS, MaskError, aperture_support
+from dstorm3d.utils.files import atomic_write
 from dstorm3d.optics.pupil import PupilModel
 from dstorm3d.optics.setup import OpticalSetup, SetupError
 from dstorm3d.utils.paths import CONFIG_DIR, register_root
@@ -278,17 +278,6 @@ def summary(view: SetupView) -> dict[str, Any]:
     }
 
 
-def _with_default_permissions(write: Callable[[Path], None]) -> Callable[[Path], None]:
-    """``write``, then give the file the permissions of a plain ``open()`` (the temporary file of
-    :func:`atomic_write` is created private, 0600)."""
-    def write_and_chmod(path: Path) -> None:
-        write(path)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(path, 0o666 & ~umask)
-    return write_and_chmod
-
-
 def write_outputs(view: SetupView, folder: Path) -> list[Path]:
     """Write every output file atomically into ``folder``; return their paths."""
     import tifffile
@@ -304,7 +293,7 @@ def write_outputs(view: SetupView, folder: Path) -> list[Path]:
         "crlb.png": lambda p: crlb_figure(view).savefig(p),
         "summary.json": lambda p: p.write_text(json.dumps(summary(view), indent=2) + "\n"),
     }
-    return [atomic_write(folder / name, _with_default_permissions(writers[name]), overwrite=True)
+    return [atomic_write(folder / name, writers[name], overwrite=True)
             for name in OUTPUT_FILES]
 
 

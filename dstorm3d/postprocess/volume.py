@@ -102,14 +102,16 @@ def local_maxima_3d(volume: Tensor, threshold: float, radius: int = 4) -> Tensor
 
 # ---------------------------------------------------------------- refinement
 def refine_centroid(volume: Tensor, peaks: Tensor, threshold: float, radius: int = 4) -> Tensor:
-    """``(N, 3)`` continuous voxel coordinates ``(c, r, k)``: the centroid of ``volume`` thresholded at
-    ``threshold`` (values ``≤ threshold`` weigh 0) over the ``(2r+1)³`` window of each peak, clipped at the
-    borders."""
+    """``(N, 3)`` continuous voxel coordinates ``(c, r, k)``: the centroid of the (non-negative) ``volume``
+    over the ``(2r+1)³`` window of each peak, clipped at the borders. As the paper's decoder, every voxel
+    of the window weighs with its value — the threshold only selects the peaks (``threshold`` is kept in
+    the signature for callers; it does not change the weights). This reproduces the authors' published
+    localizations to < 0.001 nm (tests/inference)."""
     offsets = _window_offsets(radius, volume.device)  # (K, 3) (dk, dr, dc)
     shift = []
     for chunk in peaks.split(_GATHER_CHUNK):
         values, _ = _gather_window(volume, chunk, offsets)
-        weight = values * (values > threshold)
+        weight = values.clamp_min(0)
         total = weight.sum(dim=1, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny)
         shift.append(weight @ offsets.to(weight.dtype) / total)
     centre = peaks[:, 1:].to(volume.dtype)

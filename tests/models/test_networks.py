@@ -237,3 +237,14 @@ def test_authors_weights_reproduce_their_forward_pass(activation: str):
     assert theirs.max() > 10  # the spots light up voxels: not a trivially all-zero volume
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=2e-3)
     torch.testing.assert_close(800.0 * pre_activation["a"], theirs_pre, rtol=1e-5, atol=2e-3)
+
+
+def test_inward_clamp_passes_only_gradients_that_point_back_into_range():
+    from dstorm3d.models.blocks import unit_clamp
+
+    a = torch.tensor([-0.5, -0.5, 0.5, 1.5, 1.5], requires_grad=True)
+    out = unit_clamp(a, "clamp_inward")
+    assert torch.equal(out.detach(), a.detach().clamp(0, 1))
+    # loss gradients: +1 pushes a down (descent), -1 pushes a up
+    out.backward(torch.tensor([1.0, -1.0, 1.0, 1.0, -1.0]))
+    assert a.grad.tolist() == [0.0, -1.0, 1.0, 1.0, 0.0]

@@ -1,0 +1,153 @@
+"""``infer(cfg)``: localize a recording with a trained checkpoint — the body of ``infer.py``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from dstorm3d.inference.outputs import (
+    existing_outputs, merge_parts, overlay_panel, per_frame_counts, read_localizations, save_json, save_tiff,
+    super_resolution_render,
+)
+from dstorm3d.inference.preprocess import Preprocessing
+from dstorm3d.inference.recording import RecordingDataset, RecordingError, open_recording
+from dstorm3d.inference.tiling import required_margin
+from dstorm3d.inference.writer import LocalizationWriter
+from dstorm3d.modules.checkpoints import load_module, read_checkpoint_kind
+from dstorm3d.utils.cli import UserInputError
+from dstorm3d.visualization import save_png
+
+log = logging.getLogger(__name__)
+
+OUTPUT_FILES = ("localizations.csv", "render.png", "render.tif", "render_counts_zmean.tif", "summary.json")
+MIN_FRAME_PX = 8
+
+
+def default_precision() -> str:
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def check_applicable(module: Any, shape: tuple[int, int]) -> None:
+    """Refuse recordings the checkpoint cannot localize."""
+    height, width = shape
+    if min(height, width) < MIN_FRAME_PX:
+        raise UserInputError(f"frames of {height}×{width} px are too small for this network: need at least "
+                             f"{MIN_FRAME_PX}×{MIN_FRAME_PX} px")
+    factor = 2 ** int(module.hparams.head.get("upsampling", 0)) if module.hparams.head["kind"] == "volume" else 1
+    if factor > 1 and (height * factor * width * factor * int(module.hparams.head.get("depth_slices", 1))) > 2e9:
+        raise UserInputError(f"a {height}×{width} frame makes a volume too large for one pass: set tile=<px> "
+                             "(e.g. tile=256) so frames are processed in tiles")
+
+
+def overlay_frames(module: Any, recording: Any, preprocessing: Preprocessing, table: dict[str, np.ndarray],
+                   count: int, folder: Path) -> list[str]:
+    """Re-render the first ``count`` frames from their localizations with the physical model: each
+    localization's brightness and a background level are fitted to the frame (non-negative least squares)."""
+    from scipy.optimize import nnls
+
+    from dstorm3d.optics.render import render_frames
+
+    names = []
+    pupil = module.simulator.pupil
+    setup = module.optical_setup
+    window = min(setup.pupil_grid, 96)
+    for index in range(min(count, len(recording))):
+        frame = preprocessing(recording[index].astype(np.float32)).astype(np.float64)
+        here = table["frame"] == index + 1
+        xyz = torch.tensor(np.stack([table["x"][here], table["y"][here], table["z"][here]], axis=1) / 1e3,
+                           dtype=torch.float32).reshape(-1, 3)
+        columns = []
+        with torch.no_grad():
+            for i in range(xyz.shape[0]):
+                psf = render_frames(pupil.cpu(), xyz[i:i + 1], torch.ones(1), torch.zeros(1, dtype=torch.long), 1,
+                                    frame.shape, window=window, blur_sigma_px=1.0)
+                columns.append(psf[0].double().numpy().ravel())
+        design = np.stack([*columns, np.ones(frame.size)], axis=1)
+        weights, _ = nnls(design, frame.ravel(), maxiter=20 * design.shape[1])
+        rendered = (design @ weights).reshape(frame.shape)
+        name = f"overlay_frame{index + 1:04d}.png"
+        save_png(overlay_panel(frame, rendered), folder / name)
+        names.append(name)
+    return names
+
+
+def infer(cfg: DictConfig) -> dict[str, Any]:
+    """Localize ``cfg.data`` with ``cfg.ckpt``; returns the summary written to ``summary.json``."""
+    out = Path(cfg.out)
+    existing = existing_outputs(out, OUTPUT_FILES) + sorted(out.glob("overlay_frame*.png"))
+    if existing and not cfg.overwrite:
+        raise UserInputError(f"{existing[0]} exists: pass overwrite=true or choose another out=<folder>")
+    read_checkpoint_kind(cfg.ckpt)
+    try:
+        recording = open_recording(cfg.data, channel=cfg.get("channel"), allow_float=bool(cfg.allow_float))
+    except RecordingError as exc:
+        raise UserInputError(str(exc)) from None
+    module = load_module(cfg.ckpt)
+    check_applicable(module, recording.shape)
+    preprocessing = Preprocessing(**OmegaConf.to_container(cfg.preprocessing, resolve=True))
+    module.predict_settings = {"tile": cfg.tile, "margin": cfg.margin, "threshold": cfg.threshold}
+
+    dataset = RecordingDataset(cfg.data, preprocessing, channel=cfg.get("channel"), allow_float=bool(cfg.allow_float))
+    loader = DataLoader(dataset, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), shuffle=False)
+    writer = LocalizationWriter(out)
+    from pytorch_lightning.callbacks import RichProgressBar
+
+    precision = cfg.trainer.get("precision") or default_precision()
+    trainer = hydra.utils.instantiate(cfg.trainer, precision=precision, callbacks=[writer, RichProgressBar()],
+                                      _convert_="all")
+    start = time.perf_counter()
+    try:
+        trainer.predict(module, dataloaders=loader, return_predictions=False)
+    except RecordingError as exc:
+        writer.on_predict_end(trainer, module)
+        raise UserInputError(str(exc)) from None
+    trainer.strategy.barrier()
+    elapsed = time.perf_counter() - start
+    if not trainer.is_global_zero:
+        return {}
+
+    head = module.hparams.head["kind"]
+    unit = "photon" if head == "offsets" else "au"
+    n_locs = merge_parts(out, trainer.world_size, out / "localizations.csv", unit, overwrite=True)
+    table = read_localizations(out / "localizations.csv")
+    setup = module.optical_setup
+    height, width = recording.shape
+    field_nm = (width * setup.pixel_size_um * 1e3, height * setup.pixel_size_um * 1e3)
+    z_range_nm = (setup.z_range_um[0] * 1e3, setup.z_range_um[1] * 1e3)
+    rgb, counts, mean_z = super_resolution_render(table["x"], table["y"], table["z"], field_nm,
+                                                  float(cfg.render_pixel_nm), z_range_nm)
+    overwrite = True  # every output was checked for at the start
+    save_png(rgb, out / "render.png")
+    description = {"pixel_nm": float(cfg.render_pixel_nm), "colour": "hue = mean z", "z_range_nm": list(z_range_nm)}
+    save_tiff(rgb, out / "render.tif", description, overwrite=overwrite)
+    save_tiff(np.stack([counts, mean_z]), out / "render_counts_zmean.tif",
+              {**description, "channels": ["localizations per pixel", "mean z (nm)"]}, overwrite=overwrite)
+    overlays = overlay_frames(module, recording, preprocessing, table, int(cfg.overlay_frames), out)
+
+    frames = per_frame_counts(table["frame"], len(recording))
+    summary = {
+        "checkpoint": str(cfg.ckpt), "data": str(cfg.data), "frames": len(recording),
+        "frame_shape": [height, width], "localizations": n_locs,
+        "localizations_per_frame": {"mean": float(frames.mean()), "median": float(np.median(frames)),
+                                    "min": int(frames.min()), "max": int(frames.max())},
+        "seconds": round(elapsed, 3), "frames_per_second": round(len(recording) / max(elapsed, 1e-9), 3),
+        "devices": trainer.world_size, "accelerator": type(trainer.accelerator).__name__, "precision": precision,
+        "head": head, "threshold": float(cfg.threshold) if cfg.threshold is not None else float(module.threshold),
+        "tile": cfg.tile, "margin": cfg.margin if cfg.margin is not None else required_margin(module.net),
+        "preprocessing": preprocessing.to_dict(), "normalization": module.normalization.to_dict(),
+        "optical_setup": setup.to_dict(), "outputs": [*OUTPUT_FILES, *overlays],
+    }
+    save_json(summary, out / "summary.json", overwrite=overwrite)
+    log.info("%d localizations in %d frames (%.1f frames/s) → %s", n_locs, len(recording),
+             summary["frames_per_second"], out)
+    return summary

@@ -1,0 +1,91 @@
+"""Localizing frames of any size through overlapping tiles, with results identical to whole frames.
+
+A tile's core is a rectangle of the frame; the network sees the core plus ``margin`` pixels of real
+context on every side (clipped at the frame's edges, where whole-frame inference sees the same zero
+padding). With ``margin`` at least the network's receptive radius plus the post-processing's reach, the
+network output and the decoded localizations inside every core equal those of the whole frame; each
+localization is kept by the one tile whose core contains it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dstorm3d.emitters import Emitters
+
+POSTPROCESS_REACH_PX = 2  # local maxima and centroids look ≤ 1 camera pixel away; one more for safety
+
+
+@dataclass(frozen=True)
+class Tile:
+    """Core rows/columns ``[r0, r1) × [c0, c1)`` and the input crop ``[ir0, ir1) × [ic0, ic1)``."""
+
+    r0: int
+    r1: int
+    c0: int
+    c1: int
+    ir0: int
+    ir1: int
+    ic0: int
+    ic1: int
+
+
+def tiles(shape: tuple[int, int], tile: int, margin: int) -> Iterator[Tile]:
+    """Cores of at most ``tile`` × ``tile`` pixels covering the frame, each with its context crop."""
+    height, width = shape
+    for r0 in range(0, height, tile):
+        for c0 in range(0, width, tile):
+            r1, c1 = min(r0 + tile, height), min(c0 + tile, width)
+            yield Tile(r0, r1, c0, c1, max(0, r0 - margin), min(height, r1 + margin),
+                       max(0, c0 - margin), min(width, c1 + margin))
+
+
+def required_margin(net: torch.nn.Module) -> int:
+    """Context (pixels) a tile needs so that tiling does not change results."""
+    return int(net.receptive_radius_px()) + POSTPROCESS_REACH_PX
+
+
+def _float(output: Tensor | dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
+    """Post-process in float32 whatever precision the network ran in."""
+    if isinstance(output, dict):
+        return {k: v.float() for k, v in output.items()}
+    return output.float()
+
+
+def localize_frames(module, frames: Tensor, tile: int | None = None, margin: int | None = None,
+                    threshold: float | None = None) -> Emitters:
+    """Localizations ``Emitters`` (µm from each frame's corner) in camera-count frames ``(B, H, W)``.
+
+    ``module`` is a trained :class:`~dstorm3d.modules.localizer.SimulatedLocalizationModule`. Frames are
+    normalised whole (so per-frame normalisations do not depend on the tiling), then run through the
+    network tile by tile when they are larger than ``tile``.
+    """
+    threshold = float(module.threshold) if threshold is None else float(threshold)
+    normalised = module.normalization(frames)
+    height, width = normalised.shape[-2:]
+    if tile is None or (height <= tile and width <= tile):
+        return module.readout.decode(_float(module.net(normalised)), threshold)
+    margin = required_margin(module.net) if margin is None else int(margin)
+    pixel = module.optical_setup.pixel_size_um
+    per_frame: list[list[Tensor]] = [[] for _ in range(frames.shape[0])]
+    scores: list[list[Tensor]] = [[] for _ in range(frames.shape[0])]
+    photons: list[list[Tensor]] = [[] for _ in range(frames.shape[0])]
+    for t in tiles((height, width), tile, margin):
+        crop = normalised[:, t.ir0:t.ir1, t.ic0:t.ic1]
+        found = module.readout.decode(_float(module.net(crop)), threshold)
+        origin = torch.tensor([t.ic0 * pixel, t.ir0 * pixel, 0.0], dtype=found.xyz.dtype, device=found.xyz.device)
+        xyz = found.xyz + origin
+        col, row = xyz[..., 0] / pixel, xyz[..., 1] / pixel
+        inside = found.valid & (col >= t.c0) & (col < t.c1) & (row >= t.r0) & (row < t.r1)
+        for b in range(frames.shape[0]):
+            keep = inside[b]
+            per_frame[b].append(xyz[b][keep])
+            scores[b].append(found.score[b][keep])
+            photons[b].append(found.photons[b][keep])
+    return Emitters.from_lists([torch.cat(x).cpu() for x in per_frame],
+                               photons=[torch.cat(x).cpu() for x in photons],
+                               score=[torch.cat(x).cpu() for x in scores]).to(frames.device)

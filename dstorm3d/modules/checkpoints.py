@@ -1,0 +1,41 @@
+"""Loading any dstorm3d checkpoint (localizer or PSF design) with a clear error for anything else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dstorm3d.utils.cli import UserInputError
+
+
+def module_classes() -> dict[str, type]:
+    from dstorm3d.modules.localizer import LocalizerModule
+    from dstorm3d.modules.psf_design import PSFDesignModule
+
+    return {"LocalizerModule": LocalizerModule, "PSFDesignModule": PSFDesignModule}
+
+
+def read_checkpoint_kind(path: str | Path) -> str:
+    """The module class name stored in a dstorm3d checkpoint, or a one-line :class:`UserInputError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"checkpoint not found: {path} (give ckpt=<file.ckpt> from a dstorm3d training run)")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any loader failure is one line for the user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserInputError(f"{path} is not a readable PyTorch checkpoint ({first[:200]})") from None
+    info = raw.get("dstorm3d") if isinstance(raw, dict) else None
+    if not isinstance(info, dict) or info.get("kind") not in module_classes():
+        raise UserInputError(
+            f"{path} is not a dstorm3d localization checkpoint (no 'dstorm3d' record): use a checkpoint written "
+            "by train.py or by `python -m dstorm3d.import_weights`")
+    return str(info["kind"])
+
+
+def load_module(path: str | Path, map_location: str | torch.device = "cpu"):
+    """A trained module, in eval mode, from a dstorm3d checkpoint alone."""
+    cls = module_classes()[read_checkpoint_kind(path)]
+    module = cls.load_from_checkpoint(str(path), map_location=map_location, weights_only=True)
+    return module.eval()

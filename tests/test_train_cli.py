@@ -1,0 +1,88 @@
+"""The real training CLI in subprocesses: W&B offline media, DDP on CPU, resuming from last.ckpt."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dstorm3d.utils.paths import REPO_ROOT
+
+TINY = ["debug=default", "simulation.frame_shape=[24,24]", "model.network.channels=8", "model.head.depth_slices=11",
+        "data.batch_size=2", "data.val_samples=4", "data.test_samples=4", "trainer.limit_train_batches=3"]
+
+
+def run_train(args: list[str], run_dir: Path, env: dict[str, str] | None = None, timeout: int = 600):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    environment.update({"PYTHONUNBUFFERED": "1", "DSTORM3D_LOG_DIR": str(run_dir.parent)} | (env or {}))
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+                            capture_output=True, text=True, timeout=timeout, env=environment, cwd=run_dir.parent)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def metric_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.slow
+def test_wandb_runs_offline_without_a_key_and_gets_the_media(tmp_path):
+    run = tmp_path / "run"
+    run_train([*TINY, "logger=default", "trainer.max_epochs=1"], run, env={"WANDB_API_KEY": ""})
+    media = run / "wandb" / "latest-run" / "files" / "media" / "images"
+    assert list(media.glob("psf/phase_mask_*.png")), "phase mask image missing"
+    assert list(media.glob("psf/zstack_montage_*.png")), "PSF montage missing"
+    assert list(media.glob("val/examples_*.png")), "validation examples missing"
+    assert list((run / "psf").glob("psf_zstack_*.tif")) and list((run / "examples").glob("*.png"))
+    assert list(run.glob("wandb/offline-run-*"))
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_run_completes(tmp_path):
+    run = tmp_path / "ddp"
+    run_train([*TINY, "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu",
+               "trainer.max_epochs=1", "data.val_samples=8", "data.test_samples=8"], run)
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    rows = metric_rows(run)
+    assert any(r.get("test/jaccard") for r in rows)
+
+
+@pytest.mark.slow
+def test_training_resumes_from_last_checkpoint(tmp_path):
+    run = tmp_path / "resume"
+    run_train([*TINY, "trainer.max_epochs=1", "test=false"], run)
+    last = run / "checkpoints" / "last.ckpt"
+    first = torch.load(last, map_location="cpu", weights_only=True)
+    assert first["epoch"] == 0 and first["global_step"] == 3
+    run_train([*TINY, "trainer.max_epochs=2", f"ckpt_path={last}", "test=false"], run)
+    second = torch.load(last, map_location="cpu", weights_only=True)
+    assert second["epoch"] == 1 and second["global_step"] == 6
+    epochs = {r["epoch"] for r in metric_rows(run) if r.get("val/loss")}
+    assert {"0", "1"} <= epochs
+
+
+def test_checkpoint_alone_rebuilds_a_localizer(tmp_path):
+    from helpers_hydra import composed
+
+    from dstorm3d.modules.localizer import LocalizerModule
+    from dstorm3d.training import train
+
+    with composed("train.yaml", [*TINY, "logger=csv", "trainer.max_epochs=1", "test=false",
+                                 "optics.mask=tetrapod"], tmp_path) as cfg:
+        train(cfg)
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    raw = torch.load(path, map_location="cpu", weights_only=True)  # plain data only
+    assert raw["hyper_parameters"]["optics"]["mask"] == "checkpoint"
+    model = LocalizerModule.load_from_checkpoint(path, map_location="cpu")
+    from dstorm3d.optics.masks import tetrapod_mask
+
+    assert torch.allclose(model.phase_mask().double(), torch.as_tensor(tetrapod_mask(model.optical_setup)), atol=1e-6)
+    frames = torch.rand(2, 24, 24) * 100
+    localizations = model.localize(frames)
+    assert localizations.batch_size == 2
