@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -9,6 +11,12 @@ from dstorm3d.utils.cli import run_or_exit
 from dstorm3d.utils.paths import register_root
 
 register_root()
+
+
+def recording_argument(argv: list[str]) -> list[str]:
+    """``data=<path>`` → ``recording=<path>``: Hydra would read ``data=`` as choosing the training data
+    config group (configs/data), so the recording travels under its own key."""
+    return [f"recording={a[len('data='):]}" if a.startswith("data=") else a for a in argv]
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="infer.yaml")
@@ -19,4 +27,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = recording_argument(sys.argv)
     main()

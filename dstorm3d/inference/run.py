@@ -82,14 +82,15 @@ def overlay_frames(module: Any, recording: Any, preprocessing: Preprocessing, ta
 
 
 def infer(cfg: DictConfig) -> dict[str, Any]:
-    """Localize ``cfg.data`` with ``cfg.ckpt``; returns the summary written to ``summary.json``."""
+    """Localize ``cfg.recording`` (``data=`` on the command line) with ``cfg.ckpt``; returns the summary
+    written to ``summary.json``."""
     out = Path(cfg.out)
     existing = existing_outputs(out, OUTPUT_FILES) + sorted(out.glob("overlay_frame*.png"))
     if existing and not cfg.overwrite:
         raise UserInputError(f"{existing[0]} exists: pass overwrite=true or choose another out=<folder>")
     read_checkpoint_kind(cfg.ckpt)
     try:
-        recording = open_recording(cfg.data, channel=cfg.get("channel"), allow_float=bool(cfg.allow_float))
+        recording = open_recording(cfg.recording, channel=cfg.get("channel"), allow_float=bool(cfg.allow_float))
     except RecordingError as exc:
         raise UserInputError(str(exc)) from None
     module = load_module(cfg.ckpt)
@@ -97,7 +98,7 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     preprocessing = Preprocessing(**OmegaConf.to_container(cfg.preprocessing, resolve=True))
     module.predict_settings = {"tile": cfg.tile, "margin": cfg.margin, "threshold": cfg.threshold}
 
-    dataset = RecordingDataset(cfg.data, preprocessing, channel=cfg.get("channel"), allow_float=bool(cfg.allow_float))
+    dataset = RecordingDataset(cfg.recording, preprocessing, channel=cfg.get("channel"), allow_float=bool(cfg.allow_float))
     loader = DataLoader(dataset, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), shuffle=False)
     writer = LocalizationWriter(out)
     from pytorch_lightning.callbacks import RichProgressBar
@@ -136,7 +137,7 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
 
     frames = per_frame_counts(table["frame"], len(recording))
     summary = {
-        "checkpoint": str(cfg.ckpt), "data": str(cfg.data), "frames": len(recording),
+        "checkpoint": str(cfg.ckpt), "data": str(cfg.recording), "frames": len(recording),
         "frame_shape": [height, width], "localizations": n_locs,
         "localizations_per_frame": {"mean": float(frames.mean()), "median": float(np.median(frames)),
                                     "min": int(frames.min()), "max": int(frames.max())},

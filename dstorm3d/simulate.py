@@ -1,0 +1,870 @@
+"""Simulate a blinking SMLM recording with an engineered PSF, to try inference without a microscope.
+
+    python -m dstorm3d.simulate                                    # 200 frames of 128×128, filaments
+    python -m dstorm3d.simulate structure=ellipsoids frames=1000 out=sim/ellipsoids seed=3
+    python -m dstorm3d.simulate optics=storm_printed blinking.density_per_um2=0.3
+
+Settings are in ``configs/simulate.yaml``. The sample is ``emitters`` fluorophores at fixed positions on a
+structure (smooth 3D filaments, ellipsoid surfaces or uniform random) inside the frame and z range; in
+every frame each one is ON with the duty cycle that gives ``blinking.density_per_um2`` active emitters
+per µm² (independently per frame, or as a two-state Markov chain with a mean ON time), emits photons
+from ``photons`` and is rendered with the ``optics`` pupil model (``render_frames`` through windows, so
+any frame size works), plus background, through the camera model. The background image and a readout
+camera's read-noise map are drawn once for the whole recording (``background_per_frame=true`` draws a
+background per frame). Writes into ``out`` (default: the Hydra run folder):
+
+* ``recording.tif``: ``(T, H, W)`` uint16 camera counts, written page by page; the TIFF description is
+  JSON with the setup, mask, camera, pixel size and seed.
+* ``ground_truth.csv``: one row per ON emitter and frame, ThunderSTORM columns ``"id","frame","x [nm]",
+  "y [nm]","z [nm]","intensity [photon]"``: frames from 1, x/y from the image's top-left corner, z above
+  the coverslip, intensity = the emitter's expected signal photons. Every rendered emitter is listed
+  (dim ones too: filter on the intensity column to mimic the paper's labels, > 6000 photons).
+* ``simulation.json``: every setting, the seed and derived numbers (duty cycle, emitters per frame).
+
+Everything random follows ``seed``: on the CPU the files are bit-identical for the same settings. Files are
+written under temporary names and renamed at the end; existing files are kept unless ``overwrite=true``. A
+setting that cannot be used ends the run with one line on stderr and exit code 2 before anything is
+written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from dstorm3d.optics.config import mask_from_config, setup_from_config
+from dstorm3d.optics.pupil import PupilModel
+from dstorm3d.optics.render import render_frames
+from dstorm3d.optics.setup import OpticalSetup
+from dstorm3d.optics.show import describe_mask_source
+from dstorm3d.simulation.background import BackgroundModel, background_from_config
+from dstorm3d.simulation.camera import Camera, ReadoutCamera, camera_from_config, smooth_random_map
+from dstorm3d.simulation.sampling import ellipsoid_surface
+from dstorm3d.simulation.simulator import stream_seed
+from dstorm3d.utils.cli import UserInputError, run_or_exit
+from dstorm3d.utils.paths import CONFIG_DIR, register_root
+
+log = logging.getLogger(__name__)
+
+
+def _package_version() -> str:
+    try:
+        return version("dstorm3d")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
+
+
+RECORDING, GROUND_TRUTH, SETTINGS_FILE = "recording.tif", "ground_truth.csv", "simulation.json"
+OUTPUT_FILES = (RECORDING, GROUND_TRUTH, SETTINGS_FILE)
+CSV_COLUMNS = ("id", "frame", "x [nm]", "y [nm]", "z [nm]", "intensity [photon]")
+STRUCTURES = ("filaments", "ellipsoids", "random")
+BLINKING_MODELS = ("markov", "independent")
+#: The settings that determine the recording (written to simulation.json); ``out`` and ``overwrite`` only
+#: say where it goes.
+SETTING_KEYS = ("seed", "device", "frames", "frame_shape", "z_range_um", "structure", "emitters", "filaments",
+                "ellipsoids", "blinking", "photons", "blur_sigma_px", "render_window_px", "background",
+                "background_per_frame", "camera")
+FRAMES_PER_CHUNK = 16          # frames rendered together (memory stays bounded for any T) ...
+PIXELS_PER_CHUNK = 2 ** 24     # ... and for any frame size (at least one frame per chunk)
+EMITTERS_PER_RENDER = 2048     # emitters per render call (memory stays bounded for any density)
+UINT16_MAX = 65535
+
+
+# ---------------------------------------------------------------------------------------- validation
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value: Any, key: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserInputError(f"{key} must be an integer ≥ {minimum}, got {value!r}")
+    return value
+
+
+def _number(value: Any, key: str, minimum: float | None = None, above: float | None = None,
+            maximum: float | None = None) -> float:
+    """A finite number, optionally ≥ ``minimum``, > ``above`` and ≤ ``maximum``."""
+    ok = _is_number(value) and (minimum is None or value >= minimum) and (above is None or value > above) \
+        and (maximum is None or value <= maximum)
+    if not ok:
+        bounds = [(minimum, "≥"), (above, ">"), (maximum, "≤")]
+        wanted = " and ".join(f"{sign} {bound:g}" for bound, sign in bounds if bound is not None)
+        raise UserInputError(f"{key} must be a number{' ' + wanted if wanted else ''}, got {value!r}")
+    return float(value)
+
+
+def _pair(value: Any, key: str, minimum: float | None = None) -> tuple[float, float]:
+    """A ``[lo, hi]`` range with lo ≤ hi (a single number means [v, v])."""
+    pair = [value, value] if _is_number(value) else value
+    if not (isinstance(pair, Sequence) and not isinstance(pair, str) and len(pair) == 2
+            and all(_is_number(v) for v in pair) and pair[0] <= pair[1]
+            and (minimum is None or pair[0] >= minimum)):
+        floor = f"{minimum:g} ≤ " if minimum is not None else ""
+        raise UserInputError(f"{key} must be a number or [lo, hi] with {floor}lo ≤ hi, got {value!r}")
+    return float(pair[0]), float(pair[1])
+
+
+def _flag(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise UserInputError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def _mapping(value: Any, key: str, known: Sequence[str] | None = None) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise UserInputError(f"{key} must be a mapping, got {value!r}")
+    if known is not None:
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise UserInputError(f"unknown {key} key(s) {unknown}; known: {list(known)}")
+    return dict(value)
+
+
+def _choice(value: Any, key: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise UserInputError(f"{key} must be one of {' | '.join(choices)}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class FilamentSettings:
+    """Smooth random 3D curves across the frame with emitters along them (``filaments.*``)."""
+
+    count: int
+    control_points: int
+    wiggle_um: float
+    tube_radius_um: float
+
+    @classmethod
+    def from_config(cls, config: Any) -> "FilamentSettings":
+        c = _mapping(config, "filaments", [f for f in cls.__dataclass_fields__])
+        return cls(count=_integer(c.get("count"), "filaments.count", 1),
+                   control_points=_integer(c.get("control_points"), "filaments.control_points", 2),
+                   wiggle_um=_number(c.get("wiggle_um"), "filaments.wiggle_um", minimum=0),
+                   tube_radius_um=_number(c.get("tube_radius_um"), "filaments.tube_radius_um", minimum=0))
+
+
+@dataclass(frozen=True)
+class EllipsoidSettings:
+    """Ellipsoid surfaces inside the volume (``ellipsoids.*``)."""
+
+    count: int
+    lateral_radius_um: tuple[float, float]
+    axial_fraction: tuple[float, float]
+
+    @classmethod
+    def from_config(cls, config: Any) -> "EllipsoidSettings":
+        c = _mapping(config, "ellipsoids", [f for f in cls.__dataclass_fields__])
+        lateral = _pair(c.get("lateral_radius_um"), "ellipsoids.lateral_radius_um", minimum=0)
+        axial = _pair(c.get("axial_fraction"), "ellipsoids.axial_fraction", minimum=0)
+        if lateral[0] <= 0 or axial[0] <= 0 or axial[1] > 1:
+            raise UserInputError("ellipsoids need lateral_radius_um > 0 and axial_fraction in (0, 1], got "
+                                 f"{list(lateral)} and {list(axial)}")
+        return cls(count=_integer(c.get("count"), "ellipsoids.count", 1), lateral_radius_um=lateral,
+                   axial_fraction=axial)
+
+
+@dataclass(frozen=True)
+class BlinkingSettings:
+    """How often fluorophores are ON (``blinking.*``)."""
+
+    model: str
+    density_per_um2: float
+    duty_cycle: float | None
+    mean_on_frames: float
+
+    @classmethod
+    def from_config(cls, config: Any) -> "BlinkingSettings":
+        c = _mapping(config, "blinking", [f for f in cls.__dataclass_fields__])
+        duty = c.get("duty_cycle")
+        return cls(model=_choice(c.get("model"), "blinking.model", BLINKING_MODELS),
+                   density_per_um2=_number(c.get("density_per_um2"), "blinking.density_per_um2", above=0),
+                   duty_cycle=None if duty is None else _number(duty, "blinking.duty_cycle", above=0,
+                                                                 maximum=1),
+                   mean_on_frames=_number(c.get("mean_on_frames"), "blinking.mean_on_frames", minimum=1))
+
+
+@dataclass(frozen=True)
+class PhotonDistribution:
+    """Signal photons per ON emitter and frame: ``gamma {shape, scale}``, ``uniform {low, high}`` or
+    ``fixed {value}``."""
+
+    kind: str
+    params: dict[str, float]
+
+    KEYS = {"gamma": ("shape", "scale"), "uniform": ("low", "high"), "fixed": ("value",)}
+
+    @classmethod
+    def from_config(cls, config: Any) -> "PhotonDistribution":
+        c = _mapping(config, "photons")
+        kind = _choice(c.get("kind"), "photons.kind", tuple(cls.KEYS))
+        keys = cls.KEYS[kind]
+        extra = sorted(set(c) - {"kind", *keys})
+        if extra:
+            raise UserInputError(f"photons of kind {kind} take the keys {list(keys)}, not {extra} (replace "
+                                 f"the whole entry: ~photons '+photons={{kind: {kind}, ...}}')")
+        params = {k: _number(c.get(k), f"photons.{k}", minimum=0) for k in keys}
+        if kind == "gamma" and min(params.values()) <= 0:
+            raise UserInputError(f"photons gamma needs shape > 0 and scale > 0, got {params}")
+        if kind == "uniform" and params["low"] > params["high"]:
+            raise UserInputError(f"photons uniform needs low ≤ high, got {params}")
+        return cls(kind, params)
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        p = self.params
+        if self.kind == "gamma":
+            return rng.gamma(p["shape"], p["scale"], size=n)
+        if self.kind == "uniform":
+            return rng.uniform(p["low"], p["high"], size=n)
+        return np.full(n, p["value"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.params}
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    """The validated top-level settings of ``configs/simulate.yaml`` (optics apart)."""
+
+    seed: int
+    device: str
+    frames: int
+    frame_shape: tuple[int, int]
+    z_range_um: tuple[float, float] | None
+    structure: str
+    emitters: int
+    filaments: FilamentSettings
+    ellipsoids: EllipsoidSettings
+    blinking: BlinkingSettings
+    photons: PhotonDistribution
+    blur_sigma_px: tuple[float, float] | None
+    render_window_px: int
+    background: dict[str, Any]
+    background_per_frame: bool
+    camera: dict[str, Any]
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "SimulationSettings":
+        shape = config.get("frame_shape")
+        if not (isinstance(shape, Sequence) and len(shape) == 2):
+            raise UserInputError(f"frame_shape must be [H, W], got {shape!r}")
+        z_range = config.get("z_range_um")
+        blur = config.get("blur_sigma_px")
+        device = config.get("device")
+        if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
+            raise UserInputError(f"device must be cpu or cuda[:index], got {device!r}")
+        return cls(
+            seed=_integer(config.get("seed"), "seed", 0),
+            device=device,
+            frames=_integer(config.get("frames"), "frames", 1),
+            frame_shape=(_integer(shape[0], "frame_shape[0] (H)", 1),
+                         _integer(shape[1], "frame_shape[1] (W)", 1)),
+            z_range_um=None if z_range is None else _pair(z_range, "z_range_um", minimum=0),
+            structure=_choice(config.get("structure"), "structure", STRUCTURES),
+            emitters=_integer(config.get("emitters"), "emitters", 1),
+            filaments=FilamentSettings.from_config(config.get("filaments")),
+            ellipsoids=EllipsoidSettings.from_config(config.get("ellipsoids")),
+            blinking=BlinkingSettings.from_config(config.get("blinking")),
+            photons=PhotonDistribution.from_config(config.get("photons")),
+            blur_sigma_px=None if blur is None else _pair(blur, "blur_sigma_px", minimum=0),
+            render_window_px=_integer(config.get("render_window_px"), "render_window_px", 8),
+            background=_mapping(config.get("background"), "background"),
+            background_per_frame=_flag(config.get("background_per_frame"), "background_per_frame"),
+            camera=_mapping(config.get("camera"), "camera"),
+        )
+
+
+# ---------------------------------------------------------------------------------------- the sample
+@dataclass(frozen=True)
+class Volume:
+    """The imaged volume (µm): x ∈ [0, width), y ∈ [0, height) from the top-left corner and
+    z ∈ [z_min, z_max]."""
+
+    width_um: float
+    height_um: float
+    z_range_um: tuple[float, float]
+
+    @property
+    def z_span_um(self) -> float:
+        return self.z_range_um[1] - self.z_range_um[0]
+
+    @property
+    def area_um2(self) -> float:
+        return self.width_um * self.height_um
+
+    def contains(self, xyz: np.ndarray) -> np.ndarray:
+        x, y, z = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+        return ((x >= 0) & (x < self.width_um) & (y >= 0) & (y < self.height_um)
+                & (z >= self.z_range_um[0]) & (z <= self.z_range_um[1]))
+
+
+def fill_volume(draw: Callable[[np.random.Generator, int], np.ndarray], n: int, volume: Volume,
+                rng: np.random.Generator, structure: str) -> np.ndarray:
+    """``(n, 3)`` points from ``draw(rng, count)`` that lie inside ``volume``, in the order drawn."""
+    kept: list[np.ndarray] = []
+    found = drawn = 0
+    for _ in range(200):
+        if found >= n:
+            break
+        acceptance = max(found / drawn, 0.01) if drawn else 0.5
+        batch = min(int(math.ceil((n - found) / acceptance * 1.2)) + 16, 2_000_000)
+        points = draw(rng, batch)
+        inside = points[volume.contains(points)]
+        kept.append(inside)
+        found, drawn = found + len(inside), drawn + batch
+        if drawn >= 1000 and found == 0:
+            break
+    if found < n:
+        raise UserInputError(f"structure={structure} leaves (almost) nothing inside the "
+                             f"{volume.width_um:.2f}×{volume.height_um:.2f} µm frame and z range "
+                             f"{list(volume.z_range_um)}: change its settings or use structure=random")
+    return np.concatenate(kept)[:n]
+
+
+def random_structure(rng: np.random.Generator, n: int, volume: Volume) -> tuple[np.ndarray, dict[str, Any]]:
+    """Uniform in the volume."""
+    def draw(generator: np.random.Generator, count: int) -> np.ndarray:
+        low = [0.0, 0.0, volume.z_range_um[0]]
+        high = [volume.width_um, volume.height_um, volume.z_range_um[1]]
+        return generator.uniform(low, high, size=(count, 3))
+
+    return fill_volume(draw, n, volume, rng, "random"), {"kind": "random"}
+
+
+def ellipsoid_area(radii: Sequence[float]) -> float:
+    """Surface area of an ellipsoid (Knud Thomsen's approximation, ≤ 1.1 % error)."""
+    p = 1.6075
+    a, b, c = (float(r) ** p for r in radii)
+    return 4 * math.pi * ((a * b + a * c + b * c) / 3) ** (1 / p)
+
+
+def _require_depth(volume: Volume, structure: str) -> None:
+    if volume.z_span_um <= 0:
+        raise UserInputError(f"structure={structure} needs a z range of positive length, got "
+                             f"{list(volume.z_range_um)}: widen z_range_um or use structure=random")
+
+
+def ellipsoid_structure(rng: np.random.Generator, n: int, volume: Volume,
+                        settings: EllipsoidSettings) -> tuple[np.ndarray, dict[str, Any]]:
+    """Emitters uniform by area on ellipsoid surfaces, each rotated about z by a random angle.
+
+    The frame is divided into a near-square grid of at least ``count`` cells; each ellipsoid is centred
+    in the middle half of a different random cell (so they spread over the frame) and at a depth that
+    keeps it inside the z range.
+    """
+    _require_depth(volume, "ellipsoids")
+    z0, z1 = volume.z_range_um
+    columns = math.ceil(math.sqrt(settings.count * volume.width_um / volume.height_um))
+    rows = math.ceil(settings.count / columns)
+    cells = rng.choice(rows * columns, size=settings.count, replace=False)
+    shapes = []
+    for cell in cells:
+        lateral = rng.uniform(*settings.lateral_radius_um, size=2)
+        axial = rng.uniform(*settings.axial_fraction) * volume.z_span_um / 2
+        row, column = divmod(int(cell), columns)
+        centre = [(column + rng.uniform(0.25, 0.75)) * volume.width_um / columns,
+                  (row + rng.uniform(0.25, 0.75)) * volume.height_um / rows,
+                  rng.uniform(z0 + axial, z1 - axial)]
+        shapes.append({"centre_um": [float(v) for v in centre],
+                       "radii_um": [float(lateral[0]), float(lateral[1]), float(axial)],
+                       "angle_deg": float(rng.uniform(0.0, 180.0))})
+    areas = np.array([ellipsoid_area(s["radii_um"]) for s in shapes])
+
+    def draw(generator: np.random.Generator, count: int) -> np.ndarray:
+        counts = generator.multinomial(count, areas / areas.sum())
+        parts = []
+        for shape, k in zip(shapes, counts):
+            local = ellipsoid_surface(generator, int(k), (0.0, 0.0, 0.0), shape["radii_um"])
+            angle = math.radians(shape["angle_deg"])
+            rotation = np.array([[math.cos(angle), -math.sin(angle), 0.0],
+                                 [math.sin(angle), math.cos(angle), 0.0], [0.0, 0.0, 1.0]])
+            parts.append(np.asarray(shape["centre_um"]) + local @ rotation.T)
+        points = np.concatenate(parts)
+        return points[generator.permutation(len(points))]
+
+    return fill_volume(draw, n, volume, rng, "ellipsoids"), {"kind": "ellipsoids", "ellipsoids": shapes}
+
+
+@dataclass(frozen=True)
+class Filament:
+    """A smooth curve sampled densely: ``points (S, 3)`` µm and their cumulative arc length ``(S,)``."""
+
+    points: np.ndarray
+    arc_um: np.ndarray
+
+    @property
+    def length_um(self) -> float:
+        return float(self.arc_um[-1])
+
+    def at(self, arc_um: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions and unit tangents at arc lengths ``(m,)``, linear between the dense samples."""
+        index = np.clip(np.searchsorted(self.arc_um, arc_um, side="right") - 1, 0, len(self.arc_um) - 2)
+        step = self.arc_um[index + 1] - self.arc_um[index]
+        frac = np.divide(arc_um - self.arc_um[index], step, out=np.zeros_like(arc_um), where=step > 0)
+        tangent = self.points[index + 1] - self.points[index]
+        position = self.points[index] + frac[:, None] * tangent
+        norm = np.linalg.norm(tangent, axis=1, keepdims=True)
+        return position, np.divide(tangent, norm, out=np.zeros_like(tangent), where=norm > 0)
+
+
+def filament_structure(rng: np.random.Generator, n: int, volume: Volume,
+                       settings: FilamentSettings) -> tuple[np.ndarray, dict[str, Any]]:
+    """Emitters uniform by length along smooth random 3D curves that cross the whole frame, optionally on a
+    tube surface around them.
+
+    Each filament is a natural cubic spline through ``control_points`` knots spaced evenly along a line in
+    a random direction through the middle of the frame, offset sideways by N(0, wiggle²) and at depths
+    uniform in the z range (kept one tube radius inside it when it is deep enough).
+    """
+    from scipy.interpolate import CubicSpline
+
+    _require_depth(volume, "filaments")
+    z0, z1 = volume.z_range_um
+    radius = settings.tube_radius_um
+    z_lo, z_hi = (z0 + radius, z1 - radius) if volume.z_span_um > 2 * radius else (z0, z1)
+    half_length = 0.5 * math.hypot(volume.width_um, volume.height_um) + 2 * settings.wiggle_um
+    filaments: list[Filament] = []
+    knots_out: list[list[list[float]]] = []
+    for _ in range(settings.count):
+        centre = np.array([rng.uniform(0.2, 0.8) * volume.width_um, rng.uniform(0.2, 0.8) * volume.height_um])
+        angle = rng.uniform(0.0, math.pi)
+        along = np.array([math.cos(angle), math.sin(angle)])
+        across = np.array([-along[1], along[0]])
+        t = np.linspace(-half_length, half_length, settings.control_points)
+        offset = rng.normal(0.0, settings.wiggle_um, size=settings.control_points) if settings.wiggle_um \
+            else np.zeros_like(t)
+        xy = centre + t[:, None] * along + offset[:, None] * across
+        z = rng.uniform(z_lo, z_hi, size=settings.control_points)
+        knots = np.column_stack([xy, z])
+        dense = CubicSpline(t, knots, axis=0, bc_type="natural")(np.linspace(t[0], t[-1], 4096))
+        arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(dense, axis=0), axis=1))])
+        filaments.append(Filament(dense, arc))
+        knots_out.append(knots.round(6).tolist())
+    lengths = np.array([f.length_um for f in filaments])
+
+    def draw(generator: np.random.Generator, count: int) -> np.ndarray:
+        counts = generator.multinomial(count, lengths / lengths.sum())
+        parts = []
+        for filament, k in zip(filaments, counts):
+            position, tangent = filament.at(generator.uniform(0.0, filament.length_um, size=int(k)))
+            if radius > 0:
+                normal = generator.standard_normal((int(k), 3))
+                normal -= np.sum(normal * tangent, axis=1, keepdims=True) * tangent
+                normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
+                position = position + radius * normal
+            parts.append(position)
+        points = np.concatenate(parts)
+        return points[generator.permutation(len(points))]
+
+    geometry = {"kind": "filaments", "lengths_um": lengths.round(4).tolist(), "knots_um": knots_out}
+    return fill_volume(draw, n, volume, rng, "filaments"), geometry
+
+
+def build_structure(settings: SimulationSettings, volume: Volume) -> tuple[np.ndarray, dict[str, Any]]:
+    """The ``(emitters, 3)`` fixed fluorophore positions (µm) and a description of the structure."""
+    rng = np.random.default_rng(stream_seed(settings.seed, "structure"))
+    if settings.structure == "filaments":
+        return filament_structure(rng, settings.emitters, volume, settings.filaments)
+    if settings.structure == "ellipsoids":
+        return ellipsoid_structure(rng, settings.emitters, volume, settings.ellipsoids)
+    return random_structure(rng, settings.emitters, volume)
+
+
+# ---------------------------------------------------------------------------------------- blinking
+@dataclass(frozen=True)
+class Blinking:
+    """Per-frame ON probabilities: ``p_on`` (OFF → ON) and ``p_off`` (ON → OFF); the first frame and the
+    independent model draw ON with probability ``duty_cycle``."""
+
+    model: str
+    duty_cycle: float
+    p_on: float
+    p_off: float
+
+    @classmethod
+    def from_settings(cls, settings: BlinkingSettings, emitters: int, area_um2: float) -> "Blinking":
+        if settings.duty_cycle is not None:
+            duty = settings.duty_cycle
+        else:
+            active = settings.density_per_um2 * area_um2
+            duty = active / emitters
+            if duty > 1:
+                raise UserInputError(
+                    f"blinking.density_per_um2 = {settings.density_per_um2:g} means {active:.1f} active "
+                    f"emitters per {area_um2:.1f} µm² frame, more than the structure's "
+                    f"emitters = {emitters}: raise emitters or lower the density")
+        if duty >= 1:
+            return cls(settings.model, 1.0, 1.0, 0.0)
+        if settings.model == "independent":
+            return cls("independent", duty, duty, 1.0 - duty)
+        p_off = 1.0 / settings.mean_on_frames
+        p_on = duty * p_off / (1.0 - duty)
+        if p_on > 1:
+            limit = settings.mean_on_frames / (1 + settings.mean_on_frames)
+            raise UserInputError(
+                f"a duty cycle of {duty:.3g} is out of reach with blinking.mean_on_frames = "
+                f"{settings.mean_on_frames:g} (at most {limit:.3g}): raise mean_on_frames or emitters, "
+                "or lower blinking.density_per_um2")
+        return cls("markov", duty, p_on, p_off)
+
+    def states(self, rng: np.random.Generator, emitters: int, frames: int) -> Iterator[np.ndarray]:
+        """``(emitters,)`` bool ON states, one array per frame."""
+        on = rng.random(emitters) < self.duty_cycle
+        for frame in range(frames):
+            if frame:
+                u = rng.random(emitters)
+                on = (u < self.duty_cycle) if self.model == "independent" else np.where(on, u >= self.p_off,
+                                                                                          u < self.p_on)
+            yield on
+
+
+# ---------------------------------------------------------------------------------------- the plan
+@dataclass
+class SimulationPlan:
+    """Everything needed to write the recording, built and validated before any file is touched."""
+
+    settings: SimulationSettings
+    optics: dict[str, Any]
+    setup: OpticalSetup
+    pupil: PupilModel
+    camera: Camera
+    configured_camera: Camera
+    background: BackgroundModel
+    volume: Volume
+    positions_um: np.ndarray
+    structure: dict[str, Any]
+    blinking: Blinking
+    device: torch.device
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return self.settings.frame_shape
+
+    def description(self) -> dict[str, Any]:
+        """Metadata stored in the TIFF description (JSON)."""
+        return {"software": f"dstorm3d {_package_version()} (dstorm3d.simulate)", "unit": "camera counts",
+                "pixel_size_um": self.setup.pixel_size_um, "seed": self.settings.seed,
+                "optical_setup": self.setup.to_dict(), "mask": describe_mask_source(self.optics),
+                "camera": self.settings.camera, "background": self.settings.background,
+                "structure": self.settings.structure, "ground_truth": GROUND_TRUTH}
+
+
+def _device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"device={name} but no CUDA device is available: use device=cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise UserInputError(f"device={name!r} is not a torch device: {error}") from None
+
+
+def with_fixed_read_noise_map(camera: Camera, shape: tuple[int, int], generator: torch.Generator,
+                              device: torch.device) -> Camera:
+    """A readout camera whose spatially varying read noise (a σ range with a correlation length) is one
+    map for the whole recording, as a real camera's, instead of a new map per frame."""
+    if not (isinstance(camera, ReadoutCamera) and isinstance(camera.read_noise, tuple)
+            and camera.read_noise_correlation_px is not None):
+        return camera
+    lo, hi = camera.read_noise
+    sigma = smooth_random_map((1, *shape), lo, hi, camera.read_noise_correlation_px, generator, device)[0]
+    return ReadoutCamera(baseline=camera.baseline, read_noise=sigma,
+                         read_noise_correlation_px=camera.read_noise_correlation_px)
+
+
+def plan_simulation(config: Mapping[str, Any]) -> SimulationPlan:
+    """Validate every setting, build the optics, camera, background and the sample (nothing is written)."""
+    settings = SimulationSettings.from_config(config)
+    optics = _mapping(config.get("optics"), "optics")
+    setup = setup_from_config(optics)
+    setup.check_window(settings.render_window_px)
+    z_range = settings.z_range_um or setup.z_range_um
+    s0, s1 = setup.z_range_um
+    if z_range[0] < s0 - 1e-9 or z_range[1] > s1 + 1e-9:
+        raise UserInputError(f"z_range_um = {list(z_range)} leaves the optics' z range "
+                             f"{list(setup.z_range_um)}: choose a range inside it or another optics")
+    device = _device(settings.device)
+    mask = mask_from_config(optics, setup)
+    pupil = PupilModel(setup, mask, dtype=torch.float32).to(device)
+    height, width = settings.frame_shape
+    try:
+        configured_camera = camera_from_config(settings.camera)
+        map_generator = torch.Generator(device).manual_seed(stream_seed(settings.seed, "read noise map"))
+        camera = with_fixed_read_noise_map(configured_camera, (height, width), map_generator, device)
+        background = background_from_config(settings.background)
+        probe = torch.zeros(1, height, width, device=device)  # checks that maps fit the frame shape
+        camera.sample(probe + background(1, (height, width), generator=torch.Generator(device).manual_seed(0),
+                                         device=device), generator=torch.Generator(device).manual_seed(0))
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise UserInputError(" ".join(str(error).split())) from None
+    volume = Volume(width * setup.pixel_size_um, height * setup.pixel_size_um, z_range)
+    blinking = Blinking.from_settings(settings.blinking, settings.emitters, volume.area_um2)
+    positions, structure = build_structure(settings, volume)
+    return SimulationPlan(settings=settings, optics=optics, setup=setup, pupil=pupil, camera=camera,
+                          configured_camera=configured_camera,
+                          background=background, volume=volume, positions_um=positions, structure=structure,
+                          blinking=blinking, device=device)
+
+
+# ---------------------------------------------------------------------------------------- frames
+@dataclass
+class FrameEvents:
+    """The emitters ON in one frame: indices into the structure, photons and blur σ (pixels)."""
+
+    emitter: np.ndarray
+    photons: np.ndarray
+    blur_sigma_px: np.ndarray | None
+
+
+def frame_events(plan: SimulationPlan) -> Iterator[FrameEvents]:
+    """ON emitters of every frame, in order (one random stream, consumed frame by frame)."""
+    settings = plan.settings
+    rng = np.random.default_rng(stream_seed(settings.seed, "blinking"))
+    for on in plan.blinking.states(rng, settings.emitters, settings.frames):
+        emitter = np.flatnonzero(on)
+        photons = settings.photons.draw(rng, len(emitter)).astype(np.float64)
+        blur = None if settings.blur_sigma_px is None else rng.uniform(*settings.blur_sigma_px,
+                                                                       size=len(emitter))
+        yield FrameEvents(emitter, photons, blur)
+
+
+def render_signal(plan: SimulationPlan, events: Sequence[FrameEvents]) -> Tensor:
+    """Expected signal photons per pixel ``(len(events), H, W)`` on the plan's device."""
+    height, width = plan.frame_shape
+    signal = torch.zeros(len(events), height, width, device=plan.device)
+    xyz = np.concatenate([plan.positions_um[e.emitter] for e in events])
+    if len(xyz) == 0:
+        return signal
+    photons = np.concatenate([e.photons for e in events])
+    frame_index = np.concatenate([np.full(len(e.emitter), i) for i, e in enumerate(events)])
+    blur = None if events[0].blur_sigma_px is None else np.concatenate([e.blur_sigma_px for e in events])
+
+    def tensor(a: np.ndarray, dtype: torch.dtype = torch.float32) -> Tensor:
+        return torch.as_tensor(a, dtype=dtype, device=plan.device)
+
+    with torch.no_grad():
+        for start in range(0, len(xyz), EMITTERS_PER_RENDER):
+            part = slice(start, start + EMITTERS_PER_RENDER)
+            signal += render_frames(plan.pupil, tensor(xyz[part]), tensor(photons[part]),
+                                    tensor(frame_index[part], torch.long), len(events), (height, width),
+                                    window=plan.settings.render_window_px,
+                                    blur_sigma_px=None if blur is None else tensor(blur[part]))
+    return signal
+
+
+def _generator(plan: SimulationPlan, *parts: int | str) -> torch.Generator:
+    return torch.Generator(plan.device).manual_seed(stream_seed(plan.settings.seed, *parts))
+
+
+@dataclass
+class RecordingStats:
+    """Counts gathered while writing."""
+
+    localizations: int = 0
+    clipped_below_zero: int = 0
+    clipped_above_max: int = 0
+
+
+def recording_chunks(plan: SimulationPlan, stats: RecordingStats) -> Iterator[tuple[int, np.ndarray,
+                                                                                     list[FrameEvents]]]:
+    """``(first frame index, (k, H, W) uint16 counts, the frames' events)`` in chunks of frames.
+
+    Background and camera noise of frame t come from generators seeded by (seed, t), so a frame does not
+    depend on how frames are grouped.
+    """
+    height, width = plan.frame_shape
+    fixed_background = None
+    if not plan.settings.background_per_frame:
+        fixed_background = plan.background(1, (height, width), generator=_generator(plan, "background"),
+                                           device=plan.device)
+    events = frame_events(plan)
+    chunk_frames = max(1, min(FRAMES_PER_CHUNK, PIXELS_PER_CHUNK // (height * width)))
+    for first in range(0, plan.settings.frames, chunk_frames):
+        chunk = [next(events) for _ in range(min(chunk_frames, plan.settings.frames - first))]
+        signal = render_signal(plan, chunk)
+        counts = np.empty((len(chunk), height, width), dtype=np.uint16)
+        for i in range(len(chunk)):
+            frame = first + i
+            background = fixed_background if fixed_background is not None else plan.background(
+                1, (height, width), generator=_generator(plan, "background", frame), device=plan.device)
+            reading = plan.camera.sample(signal[i:i + 1] + background,
+                                         generator=_generator(plan, "camera", frame))
+            reading = torch.round(reading[0]).cpu().numpy()
+            stats.clipped_below_zero += int((reading < 0).sum())
+            stats.clipped_above_max += int((reading > UINT16_MAX).sum())
+            counts[i] = np.clip(reading, 0, UINT16_MAX).astype(np.uint16)
+        yield first, counts, chunk
+
+
+# ---------------------------------------------------------------------------------------- files
+class StagedOutputs:
+    """Output files written under hidden temporary names in the target folder and renamed together at
+    the end; on any failure the temporary files are removed and existing files stay untouched."""
+
+    def __init__(self, folder: Path, names: Sequence[str], overwrite: bool) -> None:
+        self.folder, self.names, self.overwrite = folder, tuple(names), overwrite
+        self.temporary: dict[str, Path] = {}
+        self.check_free()
+
+    def check_free(self) -> None:
+        if self.overwrite:
+            return
+        for name in self.names:
+            if (self.folder / name).exists():
+                raise FileExistsError(f"{self.folder / name} exists; refusing to overwrite it: pass "
+                                      "overwrite=true or choose another out=<folder>")
+
+    def __enter__(self) -> "StagedOutputs":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for name in self.names:
+            stem, suffix = os.path.splitext(name)
+            fd, path = tempfile.mkstemp(prefix=f".{stem}.", suffix=f"{suffix}.part", dir=self.folder)
+            os.close(fd)
+            self.temporary[name] = Path(path)
+        return self
+
+    def path(self, name: str) -> Path:
+        return self.temporary[name]
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        try:
+            if exc_type is None:
+                self.check_free()
+                umask = os.umask(0)
+                os.umask(umask)
+                for name, path in self.temporary.items():
+                    os.chmod(path, 0o666 & ~umask)  # mkstemp files are private (0600)
+                    os.replace(path, self.folder / name)
+        finally:
+            for path in self.temporary.values():
+                path.unlink(missing_ok=True)
+
+
+def csv_rows(plan: SimulationPlan, first_frame: int, chunk: Sequence[FrameEvents],
+             first_id: int) -> list[str]:
+    """Ground-truth CSV lines (nm, frames from 1) for a chunk of frames."""
+    lines = []
+    row_id = first_id
+    for offset, events in enumerate(chunk):
+        xyz_nm = plan.positions_um[events.emitter] * 1e3
+        for (x, y, z), photons in zip(xyz_nm, events.photons):
+            lines.append(f"{row_id},{first_frame + offset + 1},{x:.3f},{y:.3f},{z:.3f},{photons:.1f}\n")
+            row_id += 1
+    return lines
+
+
+def settings_record(config: Mapping[str, Any], plan: SimulationPlan, stats: RecordingStats) -> dict[str, Any]:
+    """``simulation.json``: the settings as given, the resolved setup and what followed from them."""
+    settings, blinking, volume = plan.settings, plan.blinking, plan.volume
+    height, width = settings.frame_shape
+    return {
+        "software": {"dstorm3d": _package_version(), "torch": torch.__version__, "numpy": np.__version__},
+        "seed": settings.seed,
+        "settings": {key: config.get(key) for key in SETTING_KEYS},
+        "optics": plan.optics,
+        "optical_setup": plan.setup.to_dict(),
+        "mask": describe_mask_source(plan.optics),
+        "derived": {
+            "pixel_size_um": plan.setup.pixel_size_um,
+            "frame_size_um": [volume.width_um, volume.height_um],
+            "z_range_um": list(volume.z_range_um),
+            "duty_cycle": blinking.duty_cycle,
+            "p_switch_on": blinking.p_on,
+            "p_switch_off": blinking.p_off,
+            "expected_active_per_frame": blinking.duty_cycle * settings.emitters,
+            "expected_density_per_um2": blinking.duty_cycle * settings.emitters / volume.area_um2,
+            "localizations": stats.localizations,
+            "mean_active_per_frame": stats.localizations / settings.frames,
+            "clipped_pixels": {"below_0": stats.clipped_below_zero, "above_65535": stats.clipped_above_max},
+            "read_noise": ("one smooth σ map spanning camera.read_noise, drawn once for the whole recording"
+                           if plan.camera is not plan.configured_camera else "as configured"),
+        },
+        "structure": plan.structure,
+        "files": {RECORDING: {"shape": [settings.frames, height, width], "dtype": "uint16",
+                              "unit": "camera counts"},
+                  GROUND_TRUTH: {"columns": list(CSV_COLUMNS), "frames": "from 1",
+                                 "x_y": "nm from the top-left corner of the image",
+                                 "z": "nm above the coverslip",
+                                 "intensity": "expected signal photons of the emitter in that frame"},
+                  SETTINGS_FILE: {}},
+    }
+
+
+def write_recording(config: Mapping[str, Any], plan: SimulationPlan, folder: Path,
+                    overwrite: bool) -> RecordingStats:
+    """Write the three files into ``folder`` (page by page, rows streamed), renaming them at the end."""
+    import tifffile
+
+    settings = plan.settings
+    height, width = settings.frame_shape
+    stats = RecordingStats()
+    bigtiff = settings.frames * height * width * 2 > 2 ** 32 - 2 ** 25
+    with StagedOutputs(folder, OUTPUT_FILES, overwrite) as staged:
+        with tifffile.TiffWriter(staged.path(RECORDING), bigtiff=bigtiff) as tiff, \
+                open(staged.path(GROUND_TRUTH), "w", newline="") as table:
+            table.write(",".join(f'"{c}"' for c in CSV_COLUMNS) + "\n")
+            for first, counts, chunk in recording_chunks(plan, stats):
+                for i, frame in enumerate(counts):
+                    metadata = plan.description() if first + i == 0 else None
+                    tiff.write(frame, contiguous=True, metadata=metadata)
+                rows = csv_rows(plan, first, chunk, stats.localizations + 1)
+                table.writelines(rows)
+                stats.localizations += len(rows)
+        record = settings_record(config, plan, stats)
+        staged.path(SETTINGS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return stats
+
+
+# ---------------------------------------------------------------------------------------- entry point
+def simulate(cfg: DictConfig) -> Path:
+    """Resolve the config, plan, write; return the output folder."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    overwrite = _flag(config.get("overwrite"), "overwrite")
+    out = config.get("out")
+    if out is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        folder = Path(HydraConfig.get().runtime.output_dir)
+    elif isinstance(out, str) and out:
+        folder = Path(out).expanduser().resolve()
+    else:
+        raise UserInputError(f"out must be a folder path or null, got {out!r}")
+    if folder.exists() and not folder.is_dir():
+        raise UserInputError(f"out={folder} is a file, not a folder")
+    StagedOutputs(folder, OUTPUT_FILES, overwrite)  # fail before any work when the files exist
+    plan = plan_simulation(config)
+    stats = write_recording(config, plan, folder, overwrite)
+    settings = plan.settings
+    height, width = settings.frame_shape
+    print(f"{settings.frames} frames of {height}×{width} px ({plan.setup.name}, mask "
+          f"{describe_mask_source(plan.optics).get('name', 'file')}, structure {settings.structure}): "
+          f"{stats.localizations} emitter-frames of {settings.emitters} emitters, "
+          f"{stats.localizations / settings.frames:.1f} per frame")
+    print(f"wrote {', '.join(OUTPUT_FILES)} to {folder}")
+    return folder
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="simulate")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point: a bad setting ends with one line on stderr and exit code 2."""
+    run_or_exit(simulate, cfg)
+
+
+if __name__ == "__main__":
+    register_root()
+    main()
