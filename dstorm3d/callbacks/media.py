@@ -17,8 +17,9 @@ def _wandb_loggers(trainer: pl.Trainer) -> list:
 def log_images(trainer: pl.Trainer, key: str, images: list[np.ndarray], step: int | None = None,
                captions: list[str] | None = None) -> None:
     """Log RGB arrays under ``key`` to every W&B logger (no-op without one)."""
+    extra = {} if captions is None else {"caption": list(captions)}  # log_image takes len() of every kwarg
     for logger in _wandb_loggers(trainer):
-        logger.log_image(key=key, images=list(images), step=step, caption=captions)
+        logger.log_image(key=key, images=list(images), step=step, **extra)
 
 
 def log_animation(trainer: pl.Trainer, key: str, gif_path: Path, step: int | None = None) -> None:

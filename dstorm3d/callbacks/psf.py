@@ -67,8 +67,9 @@ class PhaseMaskLogger(pl.Callback):
             np.save(self.output_dir / f"phase_mask_{tag}.npy", mask)
         else:
             gif = None
-        log_images(trainer, "psf/phase_mask", [mask_rgb], step=step)
-        log_images(trainer, "psf/zstack_montage", [montage], step=step)
+        # captions given explicitly: WandbLogger.log_image takes len() of every keyword, caption=None raises
+        log_images(trainer, "psf/phase_mask", [mask_rgb], step=step, captions=[f"phase mask, step {step}"])
+        log_images(trainer, "psf/zstack_montage", [montage], step=step, captions=[f"PSF z-stack, step {step}"])
         if gif is not None:
             log_animation(trainer, "psf/zstack_animation", gif, step=step)
 
