@@ -34,14 +34,18 @@ class Tile:
     ic1: int
 
 
-def tiles(shape: tuple[int, int], tile: int, margin: int) -> Iterator[Tile]:
-    """Cores of at most ``tile`` × ``tile`` pixels covering the frame, each with its context crop."""
+def tiles(shape: tuple[int, int], tile: int, margin: int, alignment: int = 1) -> Iterator[Tile]:
+    """Cores of at most ``tile`` × ``tile`` pixels covering the frame, each with its context crop; crops
+    start on multiples of ``alignment`` (a network that pools sees the same grid as on the whole frame)."""
     height, width = shape
+
+    def start(core: int) -> int:
+        return max(0, (core - margin) // alignment * alignment)
+
     for r0 in range(0, height, tile):
         for c0 in range(0, width, tile):
             r1, c1 = min(r0 + tile, height), min(c0 + tile, width)
-            yield Tile(r0, r1, c0, c1, max(0, r0 - margin), min(height, r1 + margin),
-                       max(0, c0 - margin), min(width, c1 + margin))
+            yield Tile(r0, r1, c0, c1, start(r0), min(height, r1 + margin), start(c0), min(width, c1 + margin))
 
 
 def required_margin(net: torch.nn.Module) -> int:
@@ -74,7 +78,8 @@ def localize_frames(module, frames: Tensor, tile: int | None = None, margin: int
     per_frame: list[list[Tensor]] = [[] for _ in range(frames.shape[0])]
     scores: list[list[Tensor]] = [[] for _ in range(frames.shape[0])]
     photons: list[list[Tensor]] = [[] for _ in range(frames.shape[0])]
-    for t in tiles((height, width), tile, margin):
+    alignment = int(getattr(module.net.trunk, "alignment_px", 1))
+    for t in tiles((height, width), tile, margin, alignment):
         crop = normalised[:, t.ir0:t.ir1, t.ic0:t.ic1]
         found = module.readout.decode(_float(module.net(crop)), threshold)
         origin = torch.tensor([t.ic0 * pixel, t.ir0 * pixel, 0.0], dtype=found.xyz.dtype, device=found.xyz.device)

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from torch import Tensor, nn
 
 from dstorm3d.models.heads import build_head
-from dstorm3d.models.trunk import Trunk
+from dstorm3d.models.trunk import Trunk, UNetTrunk
 
 
 class LocalizationNet(nn.Module):
@@ -29,7 +29,10 @@ class LocalizationNet(nn.Module):
         needs around its core for tiled inference to equal whole-frame inference."""
         from dstorm3d.models.heads import OffsetsHead, VolumeHead
 
-        radius = float(sum(self.trunk.dilations))  # 3×3 convs: dilation d reaches d pixels
+        if hasattr(self.trunk, "receptive_radius_px"):
+            radius = float(self.trunk.receptive_radius_px())
+        else:
+            radius = float(sum(self.trunk.dilations))  # 3×3 convs: dilation d reaches d pixels
         if isinstance(self.head, VolumeHead):
             factor = 1
             for _ in self.head.upsample_blocks:
@@ -56,17 +59,25 @@ def build_localization_net(
     upsampling: int = 2,
     output_scale: float = 800.0,
     activation: str = "hardtanh",
+    trunk: str = "paper",
+    levels: int = 3,
     **head_kwargs: Any,
 ) -> LocalizationNet:
     """Build a :class:`LocalizationNet` from plain data (numbers, strings, lists), e.g. checkpoint
     hyperparameters. The defaults are the paper's STORM network (612,703 parameters).
 
+    ``trunk``: ``"paper"`` (dilated blocks, ``dilations``) or ``"unet"`` (:class:`UNetTrunk` with ``levels``).
     ``depth_slices``, ``upsampling``, ``output_scale`` and ``activation`` apply to ``head="volume"`` and
     are ignored for ``head="offsets"``; ``head_kwargs`` go to the head's constructor (e.g.
     ``residual_blocks`` or ``offset_range``).
     """
-    trunk = Trunk(channels=int(channels), dilations=[int(d) for d in dilations])
-    kwargs: dict[str, Any] = {"in_channels": trunk.out_channels, "channels": int(channels)}
+    if trunk == "paper":
+        features: nn.Module = Trunk(channels=int(channels), dilations=[int(d) for d in dilations])
+    elif trunk == "unet":
+        features = UNetTrunk(channels=int(channels), levels=int(levels))
+    else:
+        raise ValueError(f"model.network.trunk must be 'paper' or 'unet', got {trunk!r}")
+    kwargs: dict[str, Any] = {"in_channels": features.out_channels, "channels": int(channels)}
     if head == "volume":
         kwargs |= {
             "depth_slices": int(depth_slices),
@@ -74,4 +85,4 @@ def build_localization_net(
             "output_scale": float(output_scale),
             "activation": str(activation),
         }
-    return LocalizationNet(trunk, build_head(head, **(kwargs | dict(head_kwargs))))
+    return LocalizationNet(features, build_head(head, **(kwargs | dict(head_kwargs))))

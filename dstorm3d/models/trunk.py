@@ -50,3 +50,63 @@ class Trunk(nn.Module):
         for block in self.blocks[1:]:
             features = block(torch.cat([features, image], dim=1)) + features
         return torch.cat([features, image], dim=1)
+
+
+class UNetTrunk(nn.Module):
+    """A small U-Net feature extractor (DECODE-style), an alternative to the paper's dilated trunk.
+
+    Input BatchNorm; ``levels`` encoder stages of two :class:`ConvBlock` s, each stage after the first
+    at half the resolution of the previous one with twice the channels (``channels·2^level``); a
+    decoder that upsamples (nearest, back to the skip's exact size, so any frame size works),
+    concatenates the skip and applies two blocks. Multi-scale context comes from downsampling rather
+    than dilation, which suits large PSFs (far-defocused Tetrapods) on small frames.
+
+    Input ``(B, 1, H, W)``; output ``(B, channels + 1, H, W)`` = ``cat([features, image])`` like
+    :class:`Trunk`.
+    """
+
+    def __init__(self, channels: int = 32, levels: int = 3) -> None:
+        super().__init__()
+        if levels < 1:
+            raise ValueError(f"a U-Net trunk needs at least one level, got {levels}")
+        self.channels = int(channels)
+        self.dilations: tuple[int, ...] = ()
+        self.input_norm = nn.BatchNorm2d(1)
+        widths = [self.channels * 2 ** i for i in range(levels)]
+        self.encoders = nn.ModuleList()
+        previous = 1
+        for width in widths:
+            self.encoders.append(nn.Sequential(ConvBlock(previous, width), ConvBlock(width, width)))
+            previous = width
+        self.decoders = nn.ModuleList(
+            nn.Sequential(ConvBlock(widths[i + 1] + widths[i], widths[i]), ConvBlock(widths[i], widths[i]))
+            for i in reversed(range(levels - 1)))
+
+    @property
+    def out_channels(self) -> int:
+        return self.channels + 1
+
+    @property
+    def alignment_px(self) -> int:
+        """Shifts of the input by multiples of this shift the output alike (pooling grid)."""
+        return 2 ** (len(self.encoders) - 1)
+
+    def receptive_radius_px(self) -> int:
+        """Reach of an output pixel into the input (camera pixels), an upper bound: two 3×3 convs per
+        stage (2·2^i), pooling into and upsampling out of stage i (2^i each)."""
+        levels = len(self.encoders)
+        return int(sum(2 * 2 ** i + 2 * 2 ** i for i in range(levels)))
+
+    def forward(self, frames: Tensor) -> Tensor:
+        image = self.input_norm(frames)
+        skips = []
+        x = image
+        for i, encoder in enumerate(self.encoders):
+            if i:
+                x = nn.functional.max_pool2d(x, 2, ceil_mode=True)
+            x = encoder(x)
+            skips.append(x)
+        for decoder, skip in zip(self.decoders, reversed(skips[:-1])):
+            x = nn.functional.interpolate(x, size=skip.shape[-2:], mode="nearest")
+            x = decoder(torch.cat([x, skip], dim=1))
+        return torch.cat([x, image], dim=1)

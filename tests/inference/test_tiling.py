@@ -1,0 +1,64 @@
+"""Tiled inference equals whole-frame inference on frames larger than the tile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers_hydra import composed
+
+from dstorm3d.inference.tiling import localize_frames, required_margin, tiles
+
+
+def small_module(tmp_path, head: str, trunk: str):
+    import hydra
+
+    sizes = ["model.head.depth_slices=11"] if head == "volume" else []
+    with composed("train.yaml", ["experiment=quickstart", f"model/head={head}", "model.network.channels=8",
+                                 f"+model.network.trunk={trunk}", *sizes], tmp_path) as cfg:
+        torch.manual_seed(0)
+        module = hydra.utils.instantiate(cfg.model, _convert_="all")
+    return module.eval()
+
+
+def sorted_rows(found) -> list[np.ndarray]:
+    rows = []
+    for b in range(found.batch_size):
+        keep = found.valid[b]
+        table = torch.cat([found.xyz[b][keep], found.score[b][keep, None]], dim=1).double().numpy()
+        rows.append(table[np.lexsort(table.T[::-1])])
+    return rows
+
+
+def test_tiles_cover_the_frame_once():
+    covered = np.zeros((70, 90), dtype=int)
+    for t in tiles((70, 90), 32, 10, alignment=4):
+        covered[t.r0:t.r1, t.c0:t.c1] += 1
+        assert t.ir0 % 4 == 0 and t.ic0 % 4 == 0 and t.ir0 <= t.r0 and t.ir1 >= t.r1
+    assert (covered == 1).all()
+
+
+@pytest.mark.parametrize("head, trunk", [("offsets", "paper"), ("volume", "paper"), ("offsets", "unet")])
+def test_tiled_equals_whole_frame(tmp_path, head, trunk):
+    module = small_module(tmp_path, head, trunk)
+    frames = torch.rand(2, 70, 90) * 300 + 50
+    threshold = 0.09 if head == "offsets" else 0.002 * module.readout.output_scale
+    with torch.no_grad():
+        whole = localize_frames(module, frames, tile=None, threshold=threshold)
+        tiled = localize_frames(module, frames, tile=32, threshold=threshold)
+    assert int(whole.valid.sum()) > 5  # something to compare
+    for a, b in zip(sorted_rows(whole), sorted_rows(tiled)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-4)
+
+
+def test_too_little_context_changes_results(tmp_path):
+    """The margin matters: with none, tiles see zero padding where the frame has signal."""
+    module = small_module(tmp_path, "offsets", "paper")
+    frames = torch.rand(1, 70, 90) * 300 + 50
+    with torch.no_grad():
+        whole = localize_frames(module, frames, tile=None, threshold=0.09)
+        cut = localize_frames(module, frames, tile=32, margin=0, threshold=0.09)
+    assert required_margin(module.net) > 2
+    a, b = sorted_rows(whole)[0], sorted_rows(cut)[0]
+    assert a.shape != b.shape or not np.allclose(a, b, atol=2e-4)
