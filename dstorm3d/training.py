@@ -41,8 +41,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                                   _convert_="all")
+    config = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+              for k, v in cfg.items() if k != "hydra"}  # Hydra's own node holds sweep-only values
     for logger in loggers:
-        logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True)})
+        logger.log_hyperparams({"config": config})
 
     if cfg.get("train", True):
         ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)

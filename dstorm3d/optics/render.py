@@ -97,6 +97,8 @@ def render_frames(pupil: PupilModel, xyz_um: Tensor, photons: Tensor, frame_inde
         filter_margin: pixels added around whole frames while filtering, so filters do not wrap.
     """
     dtype, device = xyz_um.dtype, xyz_um.device
+    if xyz_um.shape[0] == 0:
+        return xyz_um.new_zeros(n_frames, *frame_shape)
     sigma = None
     if blur_sigma_px is not None:
         sigma = torch.as_tensor(blur_sigma_px, dtype=dtype, device=device).reshape(-1)
