@@ -6,6 +6,7 @@ same table, the machine details and the settings, so results from different mach
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -14,7 +15,7 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,8 @@ def machine_info() -> dict[str, str]:
     info["gpu"] = ", ".join(gpus) if gpus else "none"
     if gpus:
         info["cuda"] = str(torch.version.cuda)
+        info["TF32 (cuDNN convolutions / matmul)"] = (f"{torch.backends.cudnn.allow_tf32} / "
+                                                      f"{torch.backends.cuda.matmul.allow_tf32}")
     return info
 
 
@@ -106,7 +109,7 @@ class Timing:
     def rate_text(self, items_per_call: int) -> str:
         """``"152.3 ±4%"``: the median rate and half the repeats' relative spread."""
         rate = self.rate(items_per_call)
-        digits = 1 if rate < 1000 else 0
+        digits = 0 if rate >= 1000 else 1 if rate >= 10 else 2 if rate >= 1 else 3
         return f"{rate:,.{digits}f} ±{50 * self.spread:.0f}%"
 
 
@@ -134,6 +137,84 @@ def time_call(call: Callable[[], object], device: torch.device | str = "cpu", wa
         synchronize(device)
         seconds.append(time.perf_counter() - start)
     return Timing(tuple(seconds))
+
+
+def peak_memory_text(device: torch.device | str) -> str:
+    """Peak GPU memory allocated since the last ``reset_peak_memory`` (``"—"`` on the CPU)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "—"
+    return f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    """Start a new peak-memory window on a GPU (no-op on the CPU); frees cached blocks first."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+# ---------------------------------------------------------------------------------------- precision
+PRECISIONS = ("fp32", "bf16", "bf16-cl")
+"""``fp32``; ``bf16``: bf16 autocast (Lightning's ``bf16-mixed``); ``bf16-cl``: the same with the network's
+weights in channels-last memory format."""
+
+
+def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context of a precision name (a no-op context for ``fp32``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def set_tf32(enabled: bool | None) -> None:
+    """``True``/``False``: allow TF32 in cuDNN convolutions and CUDA matmuls; ``None`` keeps torch's defaults
+    (convolutions TF32, matmuls full fp32)."""
+    if enabled is None:
+        return
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+
+
+# ---------------------------------------------------------------------------------------- configs
+@contextlib.contextmanager
+def _composed(config_name: str, overrides: Sequence[str]) -> Iterator[object]:
+    import tempfile
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from dstorm3d.utils.paths import CONFIG_DIR, register_root
+
+    register_root()
+    GlobalHydra.instance().clear()
+    with tempfile.TemporaryDirectory(prefix="dstorm3d_bench_") as tmp, \
+            initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        try:
+            cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+            HydraConfig().set_config(cfg)
+            with open_dict(cfg):
+                cfg.paths.output_dir = tmp
+                cfg.paths.log_dir = tmp
+            yield cfg
+        finally:
+            GlobalHydra.instance().clear()
+
+
+def compose_config(config_name: str, overrides: Sequence[str] = (),
+                   sections: Sequence[str] = ("model", "data", "optics", "simulation")) -> dict[str, object]:
+    """Sections of a composed Hydra config (as ``train.py`` / ``infer.py`` would compose it), resolved to
+    plain data, e.g. ``compose_config("train.yaml", ["experiment=tetrapod_dense"])["model"]``."""
+    from omegaconf import OmegaConf
+
+    with _composed(config_name, overrides) as cfg:
+        return {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+                for key in sections if key in cfg}
 
 
 # ---------------------------------------------------------------------------------------- reports
