@@ -26,6 +26,25 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
     return str(path)
 
 
+def keep_previous_csv_logs(logger_cfg: DictConfig | None) -> None:
+    """Lightning's CSVLogger deletes an existing ``metrics.csv`` in its folder. When a run folder is reused
+    (resuming with ``ckpt_path=``), log into a fresh sub-folder ``resumed_N`` instead, keeping the old file."""
+    if not logger_cfg:
+        return
+    for node in logger_cfg.values():
+        if not (OmegaConf.is_dict(node) and str(node.get("_target_", "")).endswith("CSVLogger")):
+            continue
+        folder = Path(str(node.save_dir)) / str(node.get("name") or "lightning_logs") / str(node.get("version") or "")
+        if not (folder / "metrics.csv").is_file():
+            continue
+        n = 1
+        while (folder / f"resumed_{n}").exists():
+            n += 1
+        version = f"{node.get('version') or ''}/resumed_{n}".lstrip("/")
+        log.info("Keeping the earlier %s; this run's CSV logs go to %s", folder / "metrics.csv", folder / f"resumed_{n}")
+        node.version = version
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) a model as configured; returns the logged metrics (floats)."""
     if cfg.get("seed") is not None:
@@ -38,6 +57,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("Instantiating model <%s>", cfg.model._target_)
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model, _convert_="all")
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    keep_previous_csv_logs(cfg.get("logger"))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                                   _convert_="all")
