@@ -28,8 +28,8 @@ from dstorm3d.geometry import VolumeGrid
 from dstorm3d.losses.blur import gaussian_blur_3d
 
 DECODE_METHODS = ("centroid", "gaussian")
-_GATHER_CHUNK = 2048
-"""Maxima processed per gather, bounding memory at ~chunk·(2r+1)³ int64 indices."""
+_GATHER_ELEMENTS = 1 << 21
+"""Window voxels gathered at once (points per chunk = this ÷ (2r+1)³), bounding the int64 index memory."""
 
 
 # ---------------------------------------------------------------- local maxima
@@ -74,7 +74,19 @@ def _gather_window(volume: Tensor, peaks: Tensor, offsets: Tensor) -> tuple[Tens
     return values, inside
 
 
-def local_maxima_3d(volume: Tensor, threshold: float, radius: int = 4) -> Tensor:
+def _window_maximum_at(volume: Tensor, points: Tensor, radius: int) -> Tensor:
+    """``(N,)`` maximum of ``volume (B, D, H, W)`` over the ``(2r+1)³`` window (borders clipped) of each of
+    ``points (N, 4)``, gathered by index in chunks."""
+    offsets = _window_offsets(radius, volume.device)
+    chunk = max(1, _GATHER_ELEMENTS // len(offsets))
+    out = []
+    for part in points.split(chunk):
+        values, inside = _gather_window(volume, part, offsets)
+        out.append(values.masked_fill(~inside, float("-inf")).amax(dim=1))
+    return torch.cat(out) if out else volume.new_empty(0)
+
+
+def local_maxima_3d(volume: Tensor, threshold: float, radius: int = 4, sparse: bool | None = None) -> Tensor:
     """``(N, 4)`` int64 indices ``(b, k, r, c)`` of the local maxima of ``volume (B, D, H, W)`` above
     ``threshold``.
 
@@ -82,9 +94,25 @@ def local_maxima_3d(volume: Tensor, threshold: float, radius: int = 4) -> Tensor
     Exact ties (plateaus, e.g. a saturated output) are resolved deterministically: a maximum is dropped
     when another maximum precedes it in raster order within its neighbourhood (two maxima within each
     other's window are necessarily equal, so only tied voxels are affected). Sorted by ``(b, k, r, c)``.
+
+    Two exact ways to find the maxima (same result): ``sparse`` gathers the window of each voxel above the
+    threshold (cheap when they are few, as in a trained network's mostly-zero output), otherwise a separable
+    max filter runs over the whole volume. ``None`` picks sparse when the gathered voxels do not outnumber
+    the volume's.
     """
-    candidate = (volume == max_filter_3d(volume, radius)) & (volume > threshold)
-    peaks = candidate.nonzero()
+    above = volume > threshold
+    if sparse is None:
+        count = int(above.sum())
+        sparse = count * (2 * radius + 1) ** 3 <= volume.numel()
+    if sparse:
+        points = above.nonzero()
+        is_max = volume[tuple(points.T)] >= _window_maximum_at(volume, points, radius)
+        peaks = points[is_max]
+        candidate = torch.zeros_like(above)
+        candidate[tuple(peaks.T)] = True
+    else:
+        candidate = (volume == max_filter_3d(volume, radius)) & above
+        peaks = candidate.nonzero()
     if peaks.shape[0] < 2 or radius == 0:
         return peaks
     values = volume[tuple(peaks.T)]
@@ -94,7 +122,7 @@ def local_maxima_3d(volume: Tensor, threshold: float, radius: int = 4) -> Tensor
         return peaks
     earlier = _window_offsets(radius, volume.device, earlier_only=True)
     drop = torch.zeros(peaks.shape[0], dtype=torch.bool, device=volume.device)
-    for chunk in tied.split(_GATHER_CHUNK):
+    for chunk in tied.split(max(1, _GATHER_ELEMENTS // len(earlier))):
         neighbours, _ = _gather_window(candidate, peaks[chunk], earlier)
         drop[chunk] = neighbours.any(dim=1)
     return peaks[~drop]
@@ -109,7 +137,7 @@ def refine_centroid(volume: Tensor, peaks: Tensor, threshold: float, radius: int
     localizations to < 0.001 nm (tests/inference)."""
     offsets = _window_offsets(radius, volume.device)  # (K, 3) (dk, dr, dc)
     shift = []
-    for chunk in peaks.split(_GATHER_CHUNK):
+    for chunk in peaks.split(max(1, _GATHER_ELEMENTS // len(offsets))):
         values, _ = _gather_window(volume, chunk, offsets)
         weight = values.clamp_min(0)
         total = weight.sum(dim=1, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny)

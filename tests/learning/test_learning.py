@@ -18,7 +18,7 @@ from dstorm3d.metrics.localization import JaccardRMSE
 from dstorm3d.modules.readouts import keep_above
 from dstorm3d.simulation.simulator import batch_emitters, batch_generator
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.learning]
 
 
 def train_and_score(overrides: list[str], steps: int, tmp_path, held_out: int = 128) -> dict[str, float]:

@@ -54,6 +54,20 @@ def test_max_filter_equals_dense_max_pool():
     assert torch.equal(max_filter_3d(volume, RADIUS), dense)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sparse_and_dense_maxima_agree(seed):
+    """Gathering windows at the above-threshold voxels finds exactly the maxima of the dense max filter,
+    ties (quantised values, a plateau) and borders included."""
+    g = torch.Generator().manual_seed(seed)
+    volume = torch.round(8 * torch.rand(2, 11, 17, 13, generator=g)) / 8  # many exact ties
+    volume[1, 2:4, 5:8, 0:2] = 2.0  # a plateau on the border
+    for threshold in (0.5, 0.9):
+        dense = local_maxima_3d(volume, threshold, RADIUS, sparse=False)
+        sparse = local_maxima_3d(volume, threshold, RADIUS, sparse=True)
+        assert dense.shape[0] > 2 and torch.equal(dense, sparse)
+    assert torch.equal(local_maxima_3d(volume, 0.9, 1, sparse=True), local_maxima_3d(volume, 0.9, 1, sparse=False))
+
+
 def test_plateau_gives_one_maximum():
     volume = torch.zeros(1, 9, 20, 20)
     volume[0, 3:5, 6:9, 10:12] = SCALE  # a saturated block: 12 tied voxels
