@@ -274,6 +274,8 @@ def measure(module: torch.nn.Module, frames: Tensor, device: torch.device, preci
     if module.readout.decode_kwargs.get("method", "centroid") != "centroid":
         raise SystemExit("the benchmark compares the centroid post-processing; the checkpoint uses another")
     batches = [b.to(device) for b in frame_batches(frames, batch)]
+    # bf16-cl: the network's weights (hence its activations) in channels-last memory format
+    module.net.to(memory_format=torch.channels_last if precision == "bf16-cl" else torch.contiguous_format)
     net = NetProbe(module.net, device, precision)
     ours = DecoderProbe(module.readout.decode, device)
     dense = DecoderProbe(lambda v, t: dense_centroid_decode(v, grid, t, radius), device)
@@ -451,8 +453,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="tile cores on the GPU ('whole': no tiling)")
     parser.add_argument("--precisions-cpu", nargs="+", choices=PRECISIONS[:2], default=["fp32"],
                         help="network precision on the CPU")
-    parser.add_argument("--precisions-gpu", nargs="+", choices=PRECISIONS[:2], default=["fp32", "bf16"],
-                        help="network precision on the GPU (bf16: autocast, infer.py's default on a GPU)")
+    parser.add_argument("--precisions-gpu", nargs="+", choices=PRECISIONS, default=["fp32", "bf16"],
+                        help="network precision on the GPU (bf16: autocast, infer.py's default on a GPU; bf16-cl: "
+                             "bf16 with the network in channels-last memory format)")
     parser.add_argument("--crop", type=int, nargs=2, default=None, metavar=("ROWS", "COLUMNS"),
                         help="use the centre crop of each frame (quick checks; the goals need whole frames)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the dense-convolution baseline")

@@ -7,6 +7,12 @@ and below the measured values, which are recorded in the issue notes and the REA
 
 from __future__ import annotations
 
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import pytorch_lightning as pl
@@ -16,13 +22,17 @@ from helpers_hydra import composed
 from dstorm3d.data.simulated import SimulatedDataModule
 from dstorm3d.metrics.localization import JaccardRMSE
 from dstorm3d.modules.readouts import keep_above
+from dstorm3d.emitters import Emitters
 from dstorm3d.simulation.simulator import batch_emitters, batch_generator
+from dstorm3d.utils.paths import REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.learning]
 
 
-def train_and_score(overrides: list[str], steps: int, tmp_path, held_out: int = 128) -> dict[str, float]:
-    """Train ``steps`` optimizer steps (validation calibrates the threshold), then score a held-out set."""
+def train_and_score(overrides: list[str], steps: int, tmp_path, held_out: int = 128,
+                    checkpoint: Path | None = None) -> dict[str, float]:
+    """Train ``steps`` optimizer steps (validation calibrates the threshold), then score a held-out set;
+    ``checkpoint``: also save the trained model there."""
     with composed("train.yaml", ["experiment=quickstart", "logger=none", "callbacks=none", *overrides],
                   tmp_path) as cfg:
         import hydra
@@ -34,6 +44,8 @@ def train_and_score(overrides: list[str], steps: int, tmp_path, held_out: int = 
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, reload_dataloaders_every_n_epochs=1, deterministic=False)
     trainer.fit(model, datamodule=datamodule)
+    if checkpoint is not None:
+        trainer.save_checkpoint(checkpoint, weights_only=False)
     model.eval()
     test = SimulatedDataModule(datamodule.optics, datamodule.simulation, batch_size=32, test_samples=held_out,
                                seed=2024)
@@ -48,9 +60,18 @@ def train_and_score(overrides: list[str], steps: int, tmp_path, held_out: int = 
     return scores
 
 
-def test_offsets_head_learns_from_scratch(tmp_path):
+@pytest.fixture(scope="module")
+def offsets_model(tmp_path_factory) -> tuple[dict[str, float], Path]:
+    """The quickstart configuration (offsets head) trained 750 steps: held-out scores and a checkpoint."""
+    folder = tmp_path_factory.mktemp("offsets")
+    checkpoint = folder / "quickstart_750.ckpt"
     scores = train_and_score(["model/head=offsets", "data.train_samples=4000", "data.val_samples=128"],
-                             steps=750, tmp_path=tmp_path)
+                             steps=750, tmp_path=folder, checkpoint=checkpoint)
+    return scores, checkpoint
+
+
+def test_offsets_head_learns_from_scratch(offsets_model):
+    scores, _ = offsets_model
     assert scores["jaccard"] >= 0.25
     assert scores["rmse_lat_nm"] <= 60.0 and scores["rmse_ax_nm"] <= 90.0
 
@@ -61,3 +82,40 @@ def test_volume_head_learns_from_scratch(tmp_path):
                               "model.head.output_scale=800.0"], steps=2000, tmp_path=tmp_path)
     assert scores["jaccard"] >= 0.15
     assert np.isfinite(scores["rmse_lat_nm"]) and scores["rmse_lat_nm"] <= 70.0
+
+
+def read_localizations(path: Path, frames: int) -> list[np.ndarray]:
+    """Per-frame ``(n, 3)`` µm positions from a ThunderSTORM CSV (frames from 1, nm)."""
+    per_frame: list[list[list[float]]] = [[] for _ in range(frames)]
+    with open(path) as fh:
+        for row in csv.DictReader(fh):
+            per_frame[int(row["frame"]) - 1].append([float(row[k]) / 1e3 for k in ("x [nm]", "y [nm]", "z [nm]")])
+    return [np.asarray(rows, dtype=np.float64).reshape(-1, 3) for rows in per_frame]
+
+
+def run_cli(args: list[str], cwd: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"DSTORM3D_LOG_DIR": str(cwd)}
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, env=env, cwd=cwd)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_trained_checkpoint_localizes_a_simulated_recording_through_the_clis(offsets_model, tmp_path):
+    """checkpoint → ``python -m dstorm3d.simulate`` (a 64×64 recording of blinking filaments, camera baseline
+    40) → ``infer.py`` → localizations.csv → Jaccard/RMSE against ground_truth.csv."""
+    _, checkpoint = offsets_model
+    frames = 24
+    run_cli(["-m", "dstorm3d.simulate", f"frames={frames}", "frame_shape=[64,64]", "seed=7",
+             "blinking.density_per_um2=0.1", "~photons", "+photons={kind: uniform, low: 10000.0, high: 30000.0}",
+             "background.kind=uniform", "+background.level=100.0", "out=sim"], tmp_path)
+    run_cli([str(REPO_ROOT / "infer.py"), f"ckpt={checkpoint}", "data=sim/recording.tif", "out=found",
+             "preprocessing.baseline=40.0", "trainer.accelerator=cpu", "num_workers=0"], tmp_path)
+    truth = read_localizations(tmp_path / "sim" / "ground_truth.csv", frames)
+    found = read_localizations(tmp_path / "found" / "localizations.csv", frames)
+    metric = JaccardRMSE(threshold_nm=150.0)
+    metric.update(Emitters.from_lists(found), Emitters.from_lists(truth))
+    scores = {k: float(v) for k, v in metric.compute().items()}
+    print("end-to-end scores", {k: round(scores[k], 3) for k in ("jaccard", "rmse_lat_nm", "rmse_ax_nm")},
+          "truth", sum(len(t) for t in truth), "found", sum(len(f) for f in found))
+    assert sum(len(t) for t in truth) >= 3 * frames
+    assert scores["jaccard"] >= 0.2
+    assert scores["rmse_lat_nm"] <= 70.0 and scores["rmse_ax_nm"] <= 110.0
