@@ -51,6 +51,7 @@ from dstorm3d.postprocess.volume import pack_detections
 from dstorm3d.utils.paths import shared_data_dir
 
 BENCHMARK = "inference"
+CPU_CHANNELS_LAST = False  # --cpu-channels-last: the network in channels-last memory format on CPUs
 ORIGINAL_CPU_S_PER_FRAME = 200.0  # the original, 2 CPU cores, one 492 × 332 frame (reference.md §10)
 ORIGINAL_FRAME_SHAPE = (332, 492)
 CPU_GOAL_SPEEDUP = 5.0
@@ -274,8 +275,10 @@ def measure(module: torch.nn.Module, frames: Tensor, device: torch.device, preci
     if module.readout.decode_kwargs.get("method", "centroid") != "centroid":
         raise SystemExit("the benchmark compares the centroid post-processing; the checkpoint uses another")
     batches = [b.to(device) for b in frame_batches(frames, batch)]
-    # bf16-cl: the network's weights (hence its activations) in channels-last memory format
-    module.net.to(memory_format=torch.channels_last if precision == "bf16-cl" else torch.contiguous_format)
+    # bf16-cl (and CPU runs with --cpu-channels-last, as infer.py channels_last=true): the network's weights
+    # (hence its activations) in channels-last memory format
+    channels_last = precision == "bf16-cl" or (device.type == "cpu" and CPU_CHANNELS_LAST)
+    module.net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     net = NetProbe(module.net, device, precision)
     ours = DecoderProbe(module.readout.decode, device)
     dense = DecoderProbe(lambda v, t: dense_centroid_decode(v, grid, t, radius), device)
@@ -466,6 +469,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tf32", choices=["default", "on", "off"], default="default",
                         help="TF32 for the network on the GPU: torch's default (convolutions yes), on, off; the "
                              "baseline's dense convolutions always run in full fp32")
+    parser.add_argument("--cpu-channels-last", action="store_true",
+                        help="the network in channels-last memory format on the CPU (infer.py channels_last=true)")
     parser.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; None keeps torch's")
     parser.add_argument("--out", nargs="?", const=default_report_path(BENCHMARK), default=None, type=Path,
@@ -491,6 +496,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     set_tf32({"default": None, "on": True, "off": False}[args.tf32])
+    global CPU_CHANNELS_LAST
+    CPU_CHANNELS_LAST = args.cpu_channels_last
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     module = authors_module(args.weights)
@@ -547,6 +554,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                       f"{args.repeats if args.repeats is not None else 'CPU 1, GPU 5'}",
             "TF32 (network)": args.tf32,
             "cudnn.benchmark": torch.backends.cudnn.benchmark,
+            "CPU memory format": "channels-last" if CPU_CHANNELS_LAST else "contiguous",
         }
         notes = notes + [
             "forward: the network on every frame or tile (normalisation excluded; bf16 = autocast); ours post: "

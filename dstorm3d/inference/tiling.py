@@ -54,10 +54,10 @@ def required_margin(net: torch.nn.Module) -> int:
 
 
 def _float(output: Tensor | dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
-    """Post-process in float32 whatever precision the network ran in."""
+    """Post-process in float32 and contiguous memory whatever precision and memory format the network ran in."""
     if isinstance(output, dict):
-        return {k: v.float() for k, v in output.items()}
-    return output.float()
+        return {k: v.float().contiguous() for k, v in output.items()}
+    return output.float().contiguous()
 
 
 def localize_frames(module, frames: Tensor, tile: int | None = None, margin: int | None = None,

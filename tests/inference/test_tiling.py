@@ -52,6 +52,21 @@ def test_tiled_equals_whole_frame(tmp_path, head, trunk):
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-4)
 
 
+def test_channels_last_network_gives_the_same_localizations(tmp_path):
+    """infer.py puts the network in channels-last memory format on CPUs; the results must not change."""
+    module = small_module(tmp_path, "volume", "paper")
+    frames = torch.rand(2, 70, 90) * 300 + 50
+    threshold = 0.002 * module.readout.output_scale
+    with torch.no_grad():
+        plain = localize_frames(module, frames, tile=32, threshold=threshold)
+        module.net.to(memory_format=torch.channels_last)
+        channels_last = localize_frames(module, frames, tile=32, threshold=threshold)
+    assert int(plain.valid.sum()) > 5
+    for a, b in zip(sorted_rows(plain), sorted_rows(channels_last)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-4)
+
+
 def test_too_little_context_changes_results(tmp_path):
     """The margin matters: with none, tiles see zero padding where the frame has signal."""
     module = small_module(tmp_path, "offsets", "paper")
