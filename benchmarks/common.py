@@ -234,6 +234,18 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]],
     return "\n".join([line(cells[0]), rule, *(line(row) for row in cells[1:])])
 
 
+def print_results(tables: Sequence[str], machine: Mapping[str, str], notes: Sequence[str]) -> None:
+    """The tables, the main machine details (CPU, cores, torch, threads, GPU, TF32) and the notes on stdout."""
+    for table in tables:
+        print(table)
+        print()
+    for key, value in machine.items():
+        if key in ("cpu", "torch", "gpu") or key.startswith(("cores", "torch threads", "TF32")):
+            print(f"{key}: {value}")
+    for note in notes:
+        print(note)
+
+
 def write_report(path: Path, title: str, tables: Mapping[str, str], machine: Mapping[str, str],
                  settings: Mapping[str, object], notes: Sequence[str] = ()) -> Path:
     """Write a markdown report (tables, settings, machine, notes) through a temporary file."""

@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from common import (PRECISIONS, Timing, autocast, compose_config, default_report_path, machine_info,
-                    markdown_table, peak_memory_text, reset_peak_memory, set_tf32, synchronize, time_call,
-                    write_report)
+                    markdown_table, peak_memory_text, print_results, reset_peak_memory, set_tf32, synchronize,
+                    time_call, write_report)
 from dstorm3d.emitters import Emitters
 from dstorm3d.geometry import VolumeGrid
 from dstorm3d.inference.tiling import localize_frames, required_margin
@@ -529,15 +529,7 @@ def main(argv: Sequence[str] | None = None) -> None:
              for row in rows if row.agreement is not None]
     notes += [f"{row.device} {row.precision} {row.tiling}: localize_frames (autocast around it, as infer.py) vs the "
               f"probed run: {row.product_agreement.text()}" for row in rows if row.product_agreement is not None]
-    print(table)
-    print()
-    print(goals)
-    print()
-    for key, value in machine.items():
-        if key in ("cpu", "torch", "gpu") or key.startswith(("cores", "torch threads", "TF32")):
-            print(f"{key}: {value}")
-    for note in notes:
-        print(note)
+    print_results([table, goals], machine, notes)
     if args.out is not None:
         shape = "×".join(str(s) for s in rows[0].frame_shape) if rows else "?"
         settings = {

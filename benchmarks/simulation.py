@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from common import Timing, default_report_path, machine_info, markdown_table, time_call, write_report
+from common import (Timing, default_report_path, machine_info, markdown_table, print_results, time_call,
+                    write_report)
 from dstorm3d.optics.masks import tetrapod_mask
 from dstorm3d.optics.pupil import PupilModel, window_energy
 from dstorm3d.optics.render import render_frames
@@ -267,13 +268,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     table = results_table(rows)
     machine = machine_info()
-    print(table)
-    print()
-    for key, value in machine.items():
-        if key in ("cpu", "torch", "gpu") or key.startswith(("cores", "torch threads")):
-            print(f"{key}: {value}")
-    for note in notes:
-        print(note)
+    print_results([table], machine, notes)
     if args.out is not None:
         settings = {
             "setup": f"{setup.name} (N = {setup.pupil_grid}, {setup.pixel_size_um * 1e3:.0f} nm pixels, z "

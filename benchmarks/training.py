@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 
 from common import (PRECISIONS, Timing, autocast, compose_config, default_report_path, machine_info,
-                    markdown_table, peak_memory_text, reset_peak_memory, set_tf32, synchronize, time_call,
-                    write_report)
+                    markdown_table, peak_memory_text, print_results, reset_peak_memory, set_tf32, synchronize,
+                    time_call, write_report)
 from dstorm3d.simulation.simulator import EmitterDataset, batch_emitters, collate_samples
 
 BENCHMARK = "training"
@@ -293,7 +293,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     set_tf32({"default": None, "on": True, "off": False}[args.tf32])
     measured = [load_experiment(name, args.override) for name in args.experiments]
-    dense = measured[0]
     quick = None if args.no_quickstart else load_experiment("quickstart", [])
 
     rows: list[Row] = []
@@ -324,13 +323,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     table = results_table(rows)
     machine = machine_info()
-    print(table)
-    print()
-    for key, value in machine.items():
-        if key in ("cpu", "torch", "gpu") or key.startswith(("cores", "torch threads", "TF32")):
-            print(f"{key}: {value}")
-    for note in notes:
-        print(note)
+    print_results([table], machine, notes)
     if args.out is not None:
         cpu, gpu = device_settings(args, torch.device("cpu")), device_settings(args, torch.device("cuda"))
         settings = {
@@ -342,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "warm-up / timed steps / split steps (CPU)": f"{cpu.warmup} / {cpu.repeats} / {cpu.split_repeats}",
             "warm-up / timed steps / split steps (GPU)": f"{gpu.warmup} / {gpu.repeats} / {gpu.split_repeats}",
             "TF32": args.tf32,
-            "optimizer": f"Adam, lr {dense.model['optimizer'].get('lr')}",
+            "optimizer": ", ".join(f"{e.name}: Adam, lr {e.model['optimizer'].get('lr')}" for e in measured),
         }
         notes = notes + [
             "A step: batch to the device, `training_step` (rendering + camera noise + normalisation + network + "

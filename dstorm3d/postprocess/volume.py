@@ -104,12 +104,10 @@ def local_maxima_3d(volume: Tensor, threshold: float, radius: int = 4, sparse: b
     if sparse is None:
         count = int(above.sum())
         sparse = count * (2 * radius + 1) ** 3 <= volume.numel()
+    candidate: Tensor | None = None
     if sparse:
         points = above.nonzero()
-        is_max = volume[tuple(points.T)] >= _window_maximum_at(volume, points, radius)
-        peaks = points[is_max]
-        candidate = torch.zeros_like(above)
-        candidate[tuple(peaks.T)] = True
+        peaks = points[volume[tuple(points.T)] >= _window_maximum_at(volume, points, radius)]
     else:
         candidate = (volume == max_filter_3d(volume, radius)) & above
         peaks = candidate.nonzero()
@@ -120,6 +118,9 @@ def local_maxima_3d(volume: Tensor, threshold: float, radius: int = 4, sparse: b
     tied = (counts[inverse] > 1).nonzero().squeeze(1)
     if tied.numel() == 0:
         return peaks
+    if candidate is None:  # the sparse path: the maxima as a mask, only now that ties need it
+        candidate = torch.zeros_like(above)
+        candidate[tuple(peaks.T)] = True
     earlier = _window_offsets(radius, volume.device, earlier_only=True)
     drop = torch.zeros(peaks.shape[0], dtype=torch.bool, device=volume.device)
     for chunk in tied.split(max(1, _GATHER_ELEMENTS // len(earlier))):

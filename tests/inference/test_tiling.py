@@ -30,6 +30,13 @@ def sorted_rows(found) -> list[np.ndarray]:
     return rows
 
 
+def assert_same_localizations(a, b, atol: float = 2e-4) -> None:
+    """Frame by frame, the same localizations (sorted rows of position and score) within ``atol``."""
+    for rows_a, rows_b in zip(sorted_rows(a), sorted_rows(b)):
+        assert rows_a.shape == rows_b.shape
+        np.testing.assert_allclose(rows_a, rows_b, rtol=0, atol=atol)
+
+
 def test_tiles_cover_the_frame_once():
     covered = np.zeros((70, 90), dtype=int)
     for t in tiles((70, 90), 32, 10, alignment=4):
@@ -47,9 +54,7 @@ def test_tiled_equals_whole_frame(tmp_path, head, trunk):
         whole = localize_frames(module, frames, tile=None, threshold=threshold)
         tiled = localize_frames(module, frames, tile=32, threshold=threshold)
     assert int(whole.valid.sum()) > 5  # something to compare
-    for a, b in zip(sorted_rows(whole), sorted_rows(tiled)):
-        assert a.shape == b.shape
-        np.testing.assert_allclose(a, b, rtol=0, atol=2e-4)
+    assert_same_localizations(whole, tiled)
 
 
 def test_channels_last_network_gives_the_same_localizations(tmp_path):
@@ -62,9 +67,7 @@ def test_channels_last_network_gives_the_same_localizations(tmp_path):
         module.net.to(memory_format=torch.channels_last)
         channels_last = localize_frames(module, frames, tile=32, threshold=threshold)
     assert int(plain.valid.sum()) > 5
-    for a, b in zip(sorted_rows(plain), sorted_rows(channels_last)):
-        assert a.shape == b.shape
-        np.testing.assert_allclose(a, b, rtol=0, atol=2e-4)
+    assert_same_localizations(plain, channels_last)
 
 
 def test_too_little_context_changes_results(tmp_path):
