@@ -35,7 +35,7 @@ def psf_with_derivatives(pupil: PupilModel, xyz_um: Tensor, corner: Tensor, shap
     shift = origin.flip(-1) + 0.5 - pixel
     field_pupil = pupil.pupil_field(xyz_um[:, 2], shift)  # (E, K, K)
     f_x = (pupil.kappa / pupil.setup.pixel_size_um).to(dtype)  # cycles/µm along columns
-    kz = (pupil.kz_sample + 1j * pupil.decay)[pupil.radius_index]  # (K, K) complex, rad/µm
+    kz = pupil.kz_sample + 1j * pupil.decay  # (K, K) complex, rad/µm
     factors = torch.stack([
         (2j * math.pi * f_x).reshape(1, -1).expand(f_x.shape[0], -1),    # d/dx: columns
         (2j * math.pi * f_x).reshape(-1, 1).expand(-1, f_x.shape[0]),    # d/dy: rows

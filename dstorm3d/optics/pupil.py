@@ -15,8 +15,10 @@ DFT period (N × N pixels) sums to the photon count, which makes it independent 
 
 Evaluation (the cheapest exact method): rather than an N × N FFT per emitter, the transform is a
 matrix DFT from the K × K box that holds the aperture (K = 2⌈R⌉ + 1 ≪ N) onto only the P × P camera
-pixels of a window around the emitter: two shared matrix products per emitter, K·P·(K + P) complex
-multiply-adds. The sub-pixel position enters exactly through the phase ramp (no interpolation), the
+pixels of a window around the emitter: two shared matrix products per emitter. Folding each pupil's
++k and −k frequencies together first makes the DFT matrices real (cos and sin halves), so the products
+cost 2·K·P·(K + P) real multiply-adds, half a complex product's (:meth:`PupilModel.field_planes`);
+the pupils never exist as complex numbers. The sub-pixel position enters exactly through the phase ramp (no interpolation), the
 integer position through the window's place in the frame. With P = N the window is one full DFT period
 and the result equals the FFT model exactly; smaller windows drop only the PSF tail beyond the window
 (see :func:`window_energy`).
@@ -52,7 +54,7 @@ class PupilModel(nn.Module):
         ``kappa`` ``(K,)`` spatial frequency in cycles per camera pixel, ``(k − N//2)/N``;
         ``kz_sample`` ``(K, K)`` rad/µm, k0·Re√(n_s² − ρ²); ``decay`` ``(K, K)`` 1/µm, k0·Im√(n_s² − ρ²)
         (evanescent super-critical light, objective aperture only); ``base_phase`` ``(K, K)`` rad,
-        −k0·NFP·√(n_i² − ρ²); ``amplitude`` ``(K, K)`` aperture (1 inside, 0 outside).
+        −k0·NFP·√(n_i² − ρ²) modulo 2π; ``amplitude`` ``(K, K)`` aperture (1 inside, 0 outside).
     """
 
     def __init__(self, setup: OpticalSetup, phase_mask: np.ndarray | Tensor | None = None,
@@ -80,20 +82,17 @@ class PupilModel(nn.Module):
 
         self.register_buffer("kappa", torch.as_tensor(kappa, dtype=dtype), persistent=False)
         self.register_buffer("frequency_index", torch.arange(-half, half + 1), persistent=False)  # k − N//2
+        # folded order of the box axes (frequency indices 0, 1 … h, −1 … −h) and its inverse
+        fold = np.concatenate([np.arange(half, k), np.arange(half - 1, -1, -1)])
+        self.register_buffer("_fold", torch.as_tensor(fold), persistent=False)
+        self.register_buffer("_unfold", torch.as_tensor(np.argsort(fold)), persistent=False)
         self.register_buffer("amplitude", torch.as_tensor(amplitude, dtype=dtype), persistent=False)
-        self.register_buffer("base_phase", buf(base_phase), persistent=False)
-        # The depth term depends on the radius only: evaluate it once per distinct radius, then gather.
-        r2 = np.rint((np.hypot(fx, fy) * n) ** 2).astype(np.int64)
-        unique_r2, radius_index = np.unique(r2, return_inverse=True)
-        inside = np.zeros(unique_r2.shape[0], dtype=bool)
-        np.logical_or.at(inside, radius_index.reshape(-1), amplitude.reshape(-1) > 0)
-        rho_u = setup.wavelength_um * np.sqrt(unique_r2) / (n * setup.pixel_size_um)
-        kz_u = k0 * np.sqrt((setup.n_sample ** 2 - rho_u ** 2).astype(np.complex128))
-        self.register_buffer("radius_index", torch.as_tensor(radius_index.reshape(k, k)), persistent=False)
-        self.register_buffer("kz_sample", torch.as_tensor(np.where(inside, kz_u.real, 0.0), dtype=dtype),
-                             persistent=False)
-        self.register_buffer("decay", torch.as_tensor(np.where(inside, kz_u.imag, 0.0), dtype=dtype),
-                             persistent=False)
+        # The constant defocus phase only enters through exp(i·), so it is kept modulo 2π: smaller angles
+        # keep more float32 precision when the depth and ramp phases are added to it.
+        self.register_buffer("base_phase", buf(np.mod(base_phase, 2 * np.pi)), persistent=False)
+        kz = k0 * np.sqrt((setup.n_sample ** 2 - rho ** 2).astype(np.complex128))
+        self.register_buffer("kz_sample", buf(kz.real), persistent=False)
+        self.register_buffer("decay", buf(kz.imag), persistent=False)
         self.has_decay = bool((self.decay > 0).any())
         # Σ_r |E(r)|² over one period = N²·Σ_f |P(f)|² (Parseval); |P| = amplitude at z = 0.
         self.energy_norm = float(n * n * amplitude.sum())
@@ -113,68 +112,125 @@ class PupilModel(nn.Module):
         mask = self.phase_mask if phase_mask is None else phase_mask
         return mask[self._box, self._box]
 
-    def pupil_field(self, z: Tensor, shift_px: Tensor | None = None, phase_mask: Tensor | None = None) -> Tensor:
+    def pupil_field(self, z: Tensor, shift_px: Tensor | None = None, phase_mask: Tensor | None = None,
+                    amplitude_scale: Tensor | None = None) -> Tensor:
         """Complex pupils ``(E, K, K)`` for depths ``z (E,)`` µm and sub-pixel shifts ``shift_px (E, 2)``
         = (column, row) position of the evaluation grid's origin pixel centre minus the emitter, in pixels.
 
-        ``P = A·exp(i(Φ_mask − k0·NFP·√(n_i² − ρ²)))·exp(i·z·k0·√(n_s² − ρ²))·exp(−2πi κ·shift)``.
+        ``P = a·A·exp(i(Φ_mask − k0·NFP·√(n_i² − ρ²) + z·k0·√(n_s² − ρ²) − 2π κ·shift))``, with an optional
+        per-emitter amplitude factor ``a = amplitude_scale (E,)``.
         """
-        base = torch.polar(self.amplitude, self.mask_in_box(phase_mask) + self.base_phase)  # (K, K)
-        zr = z.reshape(-1, 1)
-        magnitude = torch.exp(-zr.clamp_min(0) * self.decay) if self.has_decay else torch.ones_like(zr * self.decay)
-        depth = torch.polar(magnitude, zr * self.kz_sample)  # (E, U) per distinct radius
-        field = depth[:, self.radius_index] * base  # (E, K, K)
-        if shift_px is not None:
-            ramps = self._ramp(shift_px)  # (E, 2, K)
-            field = field * ramps[:, 1].unsqueeze(2) * ramps[:, 0].unsqueeze(1)
-        return field
+        planes = self.pupil_planes(z, shift_px, phase_mask, amplitude_scale)
+        field = torch.complex(planes[0], planes[1])
+        return field[:, self._unfold][:, :, self._unfold]
 
-    def _ramp(self, shift_px: Tensor) -> Tensor:
-        """exp(−2πi κ_k s) for shifts ``(E, 2)`` in pixels → ``(E, 2, K)``. The whole-pixel part of s is
-        reduced modulo the DFT period in integer arithmetic, so float32 keeps full precision far from
-        the origin."""
+    def pupil_planes(self, z: Tensor, shift_px: Tensor | None = None, phase_mask: Tensor | None = None,
+                     amplitude_scale: Tensor | None = None) -> Tensor:
+        """The pupils of :meth:`pupil_field` as real and imaginary planes ``(2, E, K, K)``, both axes in
+        *folded order* (frequency indices 0, 1 … h, −1 … −h; see :meth:`field_planes`). The phases are
+        summed as real numbers and turned into cos/sin once (one pass over the E × K × K pupils)."""
+        order = self._fold
+        folded = self._folded_buffers()
+        z = z.reshape(-1, 1, 1)
+        mask = self.mask_in_box(phase_mask)[order][:, order]
+        angle = torch.addcmul(mask + folded["base_phase"], z, folded["kz_sample"])
+        if shift_px is not None:
+            ramps = self._ramp_angle(shift_px)[..., order]  # (E, 2, K)
+            angle = angle + ramps[:, 1].unsqueeze(2) + ramps[:, 0].unsqueeze(1)
+        magnitude = folded["amplitude"]
+        if amplitude_scale is not None:
+            magnitude = magnitude * amplitude_scale.to(angle.dtype).reshape(-1, 1, 1)
+        if self.has_decay:  # evanescent light beyond the critical angle (objective aperture only)
+            magnitude = magnitude * torch.exp(-z.clamp_min(0) * folded["decay"])
+        return torch.stack([torch.cos(angle), torch.sin(angle)]) * magnitude
+
+    def _folded_buffers(self) -> dict[str, Tensor]:
+        """The constant ``(K, K)`` buffers in folded order (cached per device and dtype)."""
+        key = ("folded", self.kappa.device, self.kappa.dtype)
+        cache = self.__dict__.setdefault("_dft_cache", {})
+        if key not in cache:
+            order = self._fold
+            cache[key] = {name: getattr(self, name)[order][:, order].contiguous()
+                          for name in ("base_phase", "kz_sample", "amplitude", "decay")}
+        return cache[key]
+
+    def _ramp_angle(self, shift_px: Tensor) -> Tensor:
+        """Phase −2π κ_k s (rad) of the ramps for shifts ``(E, 2)`` in pixels → ``(E, 2, K)``. The
+        whole-pixel part of s is reduced modulo the DFT period in integer arithmetic, so float32 keeps full
+        precision far from the origin."""
         whole = torch.round(shift_px.detach())
         frac = shift_px - whole
         n = self.setup.pupil_grid
         cycles = torch.remainder(whole.long().unsqueeze(-1) * self.frequency_index, n).to(frac.dtype) / n
-        angle = -2 * math.pi * (frac.unsqueeze(-1) * self.kappa + cycles)
-        return torch.polar(torch.ones_like(angle), angle)
+        return -2 * math.pi * (frac.unsqueeze(-1) * self.kappa + cycles)
 
     # ------------------------------------------------------------------ transform
-    def dft_matrix(self, size: int) -> Tensor:
-        """``(K, P)`` complex matrix exp(−2πi κ_k (j − P//2)): pupil box → P camera pixels along one axis."""
-        j = torch.arange(size, device=self.kappa.device) - size // 2
-        n = self.setup.pupil_grid
-        cycles = torch.remainder(self.frequency_index.unsqueeze(1) * j.unsqueeze(0), n).to(self.kappa.dtype) / n
-        angle = -2 * math.pi * cycles  # exact: κ_k·j reduced modulo one cycle in integers
-        return torch.polar(torch.ones_like(angle), angle)
+    def folded_dft_matrix(self, size: int) -> Tensor:
+        """``(K, P)`` real matrix [C; S]: C[k, j] = cos(2π k (j − P//2)/N) for k = 0 … h and S the sines
+        for k = 1 … h (cached per size, device and dtype). The phase k·j is reduced modulo N in integers."""
+        key = (size, self.kappa.device, self.kappa.dtype)
+        cache = self.__dict__.setdefault("_dft_cache", {})
+        if key not in cache:
+            j = torch.arange(size, device=self.kappa.device) - size // 2
+            k = torch.arange(self.box_half + 1, device=self.kappa.device)
+            n = self.setup.pupil_grid
+            angle = 2 * math.pi * torch.remainder(k.unsqueeze(1) * j.unsqueeze(0), n).to(self.kappa.dtype) / n
+            cache[key] = torch.cat([torch.cos(angle), torch.sin(angle[1:])])
+        return cache[key]
 
-    def fields_on_grid(self, pupil: Tensor, shape: tuple[int, int]) -> Tensor:
-        """Camera field ``(E, H, W)`` of pupils ``(E, K, K)`` on an H × W pixel grid whose pixel
-        ``(H//2, W//2)`` is the origin of the pupils' phase ramps."""
+    def field_planes(self, planes: Tensor, shape: tuple[int, int]) -> Tensor:
+        """Camera fields ``(2, E, H, W)`` (real, imaginary) of pupils ``(2, E, K, K)`` in folded order, on
+        an H × W pixel grid whose pixel ``(H//2, W//2)`` is the origin of the pupils' phase ramps.
+
+        The transform E(r, c) = Σ_ky Σ_kx P(ky, kx)·W(ky, r)·W(kx, c) with W(k, j) = exp(−2πi k j/N) is
+        done as two matrix products. As W(±k, j) = C(k, j) ∓ i·S(k, j), each product first folds the
+        pupil's +k and −k entries together (Σ_k W·X = C·(X₊ + X₋) − i·S·(X₊ − X₋)) and then multiplies by
+        the real matrix [C; S] of :meth:`folded_dft_matrix`: half the arithmetic of a complex product.
+        """
         height, width = shape
         if max(height, width) > self.setup.pupil_grid:
             raise ValueError(
                 f"a {height}×{width}-pixel grid exceeds the DFT period of {self.setup.pupil_grid} pixels, so the PSF "
                 "would wrap around: render through windows (optics window ≤ pupil_grid) or use a larger pupil_grid")
-        w_cols = self.dft_matrix(width)
-        w_rows = w_cols if height == width else self.dft_matrix(height)
-        # columns: T[e, ky, c] = Σ_kx P[e, ky, kx] W[kx, c]; rows: E[e, r, c] = Σ_ky W[ky, r] T[e, ky, c]
-        return torch.matmul(w_rows.transpose(0, 1), pupil @ w_cols)
+        cols = self.folded_dft_matrix(width)
+        rows = cols if height == width else self.folded_dft_matrix(height)
+        half_planes = self._fold_pairs(planes, -1) @ cols  # (2, E, K, W): Σ over kx
+        return rows.transpose(0, 1) @ self._fold_pairs(half_planes, -2)  # (2, E, H, W): Σ over ky
+
+    def _fold_pairs(self, planes: Tensor, dim: int) -> Tensor:
+        """Fold (real, imag) planes ``(2, …)`` along ``dim`` (folded order) for the [C; S] product:
+        real → [X_r(0), X_r(+k) + X_r(−k), X_i(+k) − X_i(−k)], imag → [X_i(0), X_i(+k) + X_i(−k),
+        −(X_r(+k) − X_r(−k))]."""
+        h = self.box_half
+        positive, negative = planes.narrow(dim, 1, h), planes.narrow(dim, h + 1, h)
+        sign = torch.tensor([1.0, -1.0], dtype=planes.dtype, device=planes.device).reshape(2, *[1] * (planes.ndim - 1))
+        swapped = (positive - negative).flip(0) * sign
+        return torch.cat([planes.narrow(dim, 0, 1), positive + negative, swapped], dim)
+
+    def fields_on_grid(self, pupil: Tensor, shape: tuple[int, int]) -> Tensor:
+        """Complex camera fields ``(E, H, W)`` of complex pupils ``(E, K, K)`` (natural order; see
+        :meth:`field_planes`)."""
+        order = self._fold
+        planes = torch.stack([pupil.real, pupil.imag])[:, :, order][:, :, :, order]
+        field = self.field_planes(planes, shape)
+        return torch.complex(field[0], field[1])
 
     def intensity_per_photon(self, field: Tensor) -> Tensor:
         """|E|² normalised so one full DFT period sums to 1."""
-        return (field.real.square() + field.imag.square()) / self.energy_norm
+        return intensity(field) / self.energy_norm
 
     # ------------------------------------------------------------------ PSFs on pixel grids
     def psf_on_grid(self, xyz_um: Tensor, corner: Tensor, shape: tuple[int, int],
-                    phase_mask: Tensor | None = None) -> Tensor:
-        """PSFs (intensity per photon) of emitters on pixel grids.
+                    phase_mask: Tensor | None = None, photons: Tensor | None = None) -> Tensor:
+        """PSFs (intensity per photon, or expected photons per pixel) of emitters on pixel grids.
 
         Args:
             xyz_um: ``(E, 3)`` positions (µm; x, y from the frame's top-left corner, z above the coverslip).
             corner: ``(E, 2)`` or ``(2,)`` int (row, column) of each grid's top-left pixel in the frame.
             shape: (H, W) of the grids, each ≤ N.
+            phase_mask: optional ``(N, N)`` mask overriding the pupil's own.
+            photons: optional ``(E,)`` photon counts; the result is then in photons per pixel (the count
+                enters the pupil amplitude as √photons unless a gradient w.r.t. the photons is needed).
         Returns:
             ``(E, H, W)``; entry [e, i, j] is the intensity at the centre of frame pixel corner_e + (i, j).
         """
@@ -183,8 +239,14 @@ class PupilModel(nn.Module):
         origin = origin + torch.tensor([height // 2, width // 2], dtype=xyz_um.dtype, device=xyz_um.device)
         pixel = xyz_um[:, :2] / self.setup.pixel_size_um  # (column, row), continuous
         shift = origin.flip(-1) + 0.5 - pixel  # grid origin pixel centre minus emitter, (column, row) px
-        pupil = self.pupil_field(xyz_um[:, 2], shift, phase_mask)
-        return self.intensity_per_photon(self.fields_on_grid(pupil, shape))
+        fold = photons is not None and not photons.requires_grad
+        scale = (photons.to(xyz_um.dtype) / self.energy_norm).sqrt() if fold else None
+        planes = self.field_planes(self.pupil_planes(xyz_um[:, 2], shift, phase_mask, amplitude_scale=scale), shape)
+        power = torch.addcmul(planes[0].square(), planes[1], planes[1])  # |E|²
+        if fold:
+            return power
+        psf = power / self.energy_norm
+        return psf if photons is None else psf * photons.to(psf.dtype).reshape(-1, 1, 1)
 
     def window_corner(self, xyz_um: Tensor, window: int) -> Tensor:
         """``(E, 2)`` int64 (row, column) top-left pixel of a ``window``² grid centred on each emitter's
@@ -199,6 +261,11 @@ class PupilModel(nn.Module):
         xyz = torch.stack([torch.full_like(z, centre), torch.full_like(z, centre), z], dim=1)
         corner = torch.zeros(2, dtype=torch.long, device=z.device)
         return self.psf_on_grid(xyz, corner, (window, window), phase_mask)
+
+
+def intensity(field: Tensor) -> Tensor:
+    """|E|² of complex fields (one fused pass: re² + im·im)."""
+    return torch.addcmul(field.real.square(), field.imag, field.imag)
 
 
 def window_energy(pupil: PupilModel, window: int, z_um: np.ndarray | Tensor) -> Tensor:

@@ -47,20 +47,19 @@ def filter_patches(patches: Tensor, transfer: Tensor | None) -> Tensor:
 
 def _filtered(psf: Tensor, transfer: Tensor | None) -> Tensor:
     """Filter rendered PSFs; a grid that cuts the PSF tail rings slightly (~1e-4 of the peak) under the
-    pixel filter, and intensity cannot be negative."""
+    pixel filter, and intensity cannot be negative (the clamp commutes with the photon scale)."""
     return psf if transfer is None else filter_patches(psf, transfer).clamp_min(0.0)
 
 
-def add_patches(patches: Tensor, corner: Tensor, frame_index: Tensor, n_frames: int,
-                frame_shape: tuple[int, int]) -> Tensor:
-    """Sum windows ``(E, P, P)`` with top-left pixels ``corner (E, 2)`` (row, col) into frames
-    ``(n_frames, H, W)``; the parts outside the frames are dropped."""
-    height, width = frame_shape
-    e, p, _ = patches.shape
-    pad_h, pad_w = height + 2 * p, width + 2 * p
-    canvas_size = n_frames * pad_h * pad_w
-    if e == 0:
-        return patches.new_zeros(n_frames, height, width)
+def add_patches(canvas: Tensor, patches: Tensor, corner: Tensor, frame_index: Tensor) -> Tensor:
+    """Add windows ``(E, P, P)`` with top-left pixels ``corner (E, 2)`` (row, col) of frames
+    ``frame_index (E,)`` into ``canvas (B, H + 2P, W + 2P)`` (the frames padded by P on every side, see
+    :func:`patch_canvas`), in place; parts beyond the padding are dropped. Returns the canvas."""
+    n_frames, pad_h, pad_w = canvas.shape
+    p = patches.shape[-1]
+    height, width = pad_h - 2 * p, pad_w - 2 * p
+    if patches.shape[0] == 0:
+        return canvas
     row = corner[:, 0] + p
     col = corner[:, 1] + p
     inside = (row >= 0) & (row <= height + p) & (col >= 0) & (col <= width + p)
@@ -70,14 +69,29 @@ def add_patches(patches: Tensor, corner: Tensor, frame_index: Tensor, n_frames: 
                + torch.arange(p, device=patches.device).unsqueeze(0)).reshape(-1)
     index = (start.unsqueeze(1) + offsets.unsqueeze(0)).reshape(-1)
     source = (patches * inside.reshape(-1, 1, 1).to(patches.dtype)).reshape(-1)
-    canvas = patches.new_zeros(canvas_size).index_add(0, index, source)
-    return canvas.reshape(n_frames, pad_h, pad_w)[:, p:p + height, p:p + width]
+    return canvas.view(-1).index_add_(0, index, source).view(n_frames, pad_h, pad_w)
+
+
+def patch_canvas(reference: Tensor, n_frames: int, frame_shape: tuple[int, int], window: int) -> Tensor:
+    """Zeros ``(B, H + 2P, W + 2P)`` for :func:`add_patches`; the frames are ``[:, P:P + H, P:P + W]``."""
+    return reference.new_zeros(n_frames, frame_shape[0] + 2 * window, frame_shape[1] + 2 * window)
+
+
+def emitter_chunk(device: torch.device, grid: tuple[int, int], cache_bytes: int = 4 << 20) -> int | None:
+    """Emitters rendered together on a CPU: enough that each matrix product is large, few enough that one
+    chunk's complex fields (``chunk × H × W`` complex64) stay in cache (~4 MiB; 32 emitters of 121²
+    pixels). Measured on 2 cores: whole 121² frames 2.2× faster than all emitters at once. ``None`` (all at
+    once) on accelerators, whose kernels want the largest batches."""
+    if device.type != "cpu":
+        return None
+    return max(8, cache_bytes // (grid[0] * grid[1] * 8))
 
 
 def render_frames(pupil: PupilModel, xyz_um: Tensor, photons: Tensor, frame_index: Tensor, n_frames: int,
                   frame_shape: tuple[int, int], window: int | None = None,
                   blur_sigma_px: Tensor | float | None = None, pixel_integration: bool = False,
-                  phase_mask: Tensor | None = None, filter_margin: int = 8) -> Tensor:
+                  phase_mask: Tensor | None = None, filter_margin: int = 8,
+                  chunk: int | None = -1) -> Tensor:
     """Expected photons per pixel ``(n_frames, H, W)`` from a flat list of emitters.
 
     Args:
@@ -95,6 +109,8 @@ def render_frames(pupil: PupilModel, xyz_um: Tensor, photons: Tensor, frame_inde
         pixel_integration: average the intensity over each pixel's area instead of sampling its centre.
         phase_mask: optional ``(N, N)`` mask overriding the pupil's own (e.g. a parameterised one).
         filter_margin: pixels added around whole frames while filtering, so filters do not wrap.
+        chunk: emitters evaluated together; ``-1`` picks by device (:func:`emitter_chunk`), ``None`` all
+            at once. The result does not depend on it.
     """
     dtype, device = xyz_um.dtype, xyz_um.device
     if xyz_um.shape[0] == 0:
@@ -102,6 +118,7 @@ def render_frames(pupil: PupilModel, xyz_um: Tensor, photons: Tensor, frame_inde
     sigma = None
     if blur_sigma_px is not None:
         sigma = torch.as_tensor(blur_sigma_px, dtype=dtype, device=device).reshape(-1)
+    per_emitter_sigma = sigma is not None and sigma.shape[0] > 1
     filtering = sigma is not None or pixel_integration
     height, width = frame_shape
     if window is None:
@@ -112,13 +129,24 @@ def render_frames(pupil: PupilModel, xyz_um: Tensor, photons: Tensor, frame_inde
                 f"a {height}×{width}-pixel frame{' plus filter margins' if margin else ''} exceeds the DFT period "
                 f"of {pupil.setup.pupil_grid} pixels and would wrap around: render through windows "
                 f"(window ≤ {pupil.setup.pupil_grid}) or use a larger pupil_grid")
-        corner = torch.tensor([-margin, -margin], device=device)
-        psf = pupil.psf_on_grid(xyz_um, corner, grid, phase_mask)
-        psf = _filtered(psf, intensity_filter(grid, sigma, pixel_integration, dtype, device))
-        psf = psf[:, margin:margin + height, margin:margin + width] * photons.to(dtype).reshape(-1, 1, 1)
-        return psf.new_zeros(n_frames, height, width).index_add(0, frame_index.long(), psf)
-    corner = pupil.window_corner(xyz_um, window)
-    psf = pupil.psf_on_grid(xyz_um, corner, (window, window), phase_mask)
-    psf = _filtered(psf, intensity_filter((window, window), sigma, pixel_integration, dtype, device))
-    psf = psf * photons.to(dtype).reshape(-1, 1, 1)
-    return add_patches(psf, corner, frame_index, n_frames, frame_shape)
+    else:
+        margin, grid = 0, (window, window)
+    size = emitter_chunk(device, grid) if chunk == -1 else chunk
+    size = size or xyz_um.shape[0]
+    frames = xyz_um.new_zeros(n_frames, *frame_shape) if window is None else None
+    canvas = None if window is None else patch_canvas(xyz_um, n_frames, frame_shape, window)
+    transfer = None if per_emitter_sigma else intensity_filter(grid, sigma, pixel_integration, dtype, device)
+    for start in range(0, xyz_um.shape[0], size):
+        part = slice(start, start + size)
+        xyz = xyz_um[part]
+        if per_emitter_sigma:
+            transfer = intensity_filter(grid, sigma[part], pixel_integration, dtype, device)
+        corner = pupil.window_corner(xyz, window) if window else torch.tensor([-margin, -margin], device=device)
+        psf = _filtered(pupil.psf_on_grid(xyz, corner, grid, phase_mask, photons=photons[part]), transfer)
+        if canvas is None:
+            frames.index_add_(0, frame_index[part].long(), psf[:, margin:margin + height, margin:margin + width])
+        else:
+            add_patches(canvas, psf, corner, frame_index[part])
+    if canvas is not None:
+        frames = canvas[:, window:window + height, window:window + width]
+    return frames
