@@ -46,12 +46,12 @@ from common import (PRECISIONS, Timing, autocast, compose_config, default_report
                     time_call, write_report)
 from dstorm3d.emitters import Emitters
 from dstorm3d.geometry import VolumeGrid
-from dstorm3d.inference.tiling import localize_frames, required_margin
+from dstorm3d.inference.tiling import localize_frames, required_head_margin, required_margin
 from dstorm3d.postprocess.volume import pack_detections
 from dstorm3d.utils.paths import shared_data_dir
 
 BENCHMARK = "inference"
-CPU_CHANNELS_LAST = False  # --cpu-channels-last: the network in channels-last memory format on CPUs
+CPU_CHANNELS_LAST = True  # --cpu-memory-format: the network channels-last on CPUs (infer.py channels_last=auto)
 ORIGINAL_CPU_S_PER_FRAME = 200.0  # the original, 2 CPU cores, one 492 × 332 frame (reference.md §10)
 ORIGINAL_FRAME_SHAPE = (332, 492)
 CPU_GOAL_SPEEDUP = 5.0
@@ -113,25 +113,31 @@ def dense_centroid_decode(volume: Tensor, grid: VolumeGrid, threshold: float, ra
 
 # ---------------------------------------------------------------------------------------- the probe
 class NetProbe:
-    """The network as ``localize_frames`` calls it: under the precision's autocast, timed, outputs kept so
-    a second pass (``replay``) can post-process the very same volumes with another decoder."""
+    """The network as ``localize_frames`` calls it (whole, or ``trunk`` then ``head`` on head tiles): under
+    the precision's autocast, timed, outputs kept so a second pass (``replay``) can post-process the very
+    same volumes with another decoder."""
 
     def __init__(self, net: torch.nn.Module, device: torch.device, precision: str) -> None:
         self.net, self.device, self.precision = net, device, precision
         self.seconds = 0.0
         self.outputs: list[Tensor] = []
         self.replaying: Iterator[Tensor] | None = None
+        self.trunk = TimedPart(self, net.trunk)
+        self.head = TimedPart(self, net.head)
 
-    def __getattr__(self, name: str) -> object:  # what localize_frames reads from the net (trunk, ...)
+    def __getattr__(self, name: str) -> object:  # what localize_frames reads from the net (receptive radii, ...)
         return getattr(self.net, name)
 
     def __call__(self, crop: Tensor) -> Tensor:
+        return self.run(self.net, crop)
+
+    def run(self, part: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         if self.replaying is not None:
             return next(self.replaying)
         synchronize(self.device)
         start = time.perf_counter()
         with autocast(self.device, self.precision):
-            output = self.net(crop)
+            output = part(x)
         synchronize(self.device)
         self.seconds += time.perf_counter() - start
         self.outputs.append(output)
@@ -144,6 +150,19 @@ class NetProbe:
             yield
         finally:
             self.replaying = None
+
+
+class TimedPart:
+    """The trunk or the head of a :class:`NetProbe`'s network, timed and replayed through the probe."""
+
+    def __init__(self, probe: NetProbe, module: torch.nn.Module) -> None:
+        self.probe, self.module = probe, module
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.module, name)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.probe.run(self.module, x)
 
 
 class DecoderProbe:
@@ -267,7 +286,7 @@ def frame_batches(frames: Tensor, batch: int) -> list[Tensor]:
 
 
 def measure(module: torch.nn.Module, frames: Tensor, device: torch.device, precision: str, tile: int | None,
-            batch: int, warmup: int, repeats: int, baseline: bool, product: bool) -> Row:
+            head_tile: int | None, batch: int, warmup: int, repeats: int, baseline: bool, product: bool) -> Row:
     """``warmup`` untimed and ``repeats`` timed passes over all ``frames``; each pass localizes every batch
     with ours (timed by part) and then, on the kept network outputs, with the baseline."""
     grid = module.readout.grid
@@ -275,7 +294,7 @@ def measure(module: torch.nn.Module, frames: Tensor, device: torch.device, preci
     if module.readout.decode_kwargs.get("method", "centroid") != "centroid":
         raise SystemExit("the benchmark compares the centroid post-processing; the checkpoint uses another")
     batches = [b.to(device) for b in frame_batches(frames, batch)]
-    # bf16-cl (and CPU runs with --cpu-channels-last, as infer.py channels_last=true): the network's weights
+    # bf16-cl (and CPU runs with --cpu-memory-format channels-last, as infer.py on CPUs): the network's weights
     # (hence its activations) in channels-last memory format
     channels_last = precision == "bf16-cl" or (device.type == "cpu" and CPU_CHANNELS_LAST)
     module.net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -296,7 +315,7 @@ def measure(module: torch.nn.Module, frames: Tensor, device: torch.device, preci
             synchronize(device)
             start = time.perf_counter()
             with torch.inference_mode():
-                found = localize_frames(probe, frames_batch, tile=tile)
+                found = localize_frames(probe, frames_batch, tile=tile, head_tile=head_tile)
             synchronize(device)
             wall_ours += time.perf_counter() - start
             if rep == 0:
@@ -305,7 +324,7 @@ def measure(module: torch.nn.Module, frames: Tensor, device: torch.device, preci
                 probe.readout = dense
                 start = time.perf_counter()
                 with torch.inference_mode(), net.replay():
-                    found_dense = localize_frames(probe, frames_batch, tile=tile)
+                    found_dense = localize_frames(probe, frames_batch, tile=tile, head_tile=head_tile)
                 synchronize(device)
                 wall_dense += time.perf_counter() - start
                 if rep == 0:
@@ -328,7 +347,7 @@ def measure(module: torch.nn.Module, frames: Tensor, device: torch.device, preci
             plain.clear()
             for frames_batch in batches:
                 with torch.inference_mode(), autocast(device, precision):
-                    plain.append(localize_frames(module, frames_batch, tile=tile))
+                    plain.append(localize_frames(module, frames_batch, tile=tile, head_tile=head_tile))
 
         product_timing = time_call(run_product, device, max(1, warmup), repeats)
         product_agreement = Agreement()
@@ -340,7 +359,8 @@ def measure(module: torch.nn.Module, frames: Tensor, device: torch.device, preci
         return Timing(tuple(times[key]))
 
     shape = (int(frames.shape[-2]), int(frames.shape[-1]))
-    row = Row(device.type, precision, "whole frame" if tile is None else f"tiles {tile} px", int(frames.shape[0]),
+    tiling = ("whole frame" if tile is None else f"tiles {tile} px") + ("" if head_tile is None else f", head {head_tile} px")
+    row = Row(device.type, precision, tiling, int(frames.shape[0]),
               shape, batch, timing("forward"), timing("ours"), timing("baseline") if baseline else None,
               timing("e2e"), timing("e2e_baseline") if baseline else None, product_timing,
               sum(int(f.valid.sum()) for f in found_ours), agreement, product_agreement, memory)
@@ -450,8 +470,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frames-gpu", type=int, default=24, help="frames per pass on the GPU (cycled)")
     parser.add_argument("--batch-cpu", type=int, default=1, help="frames per localize_frames call on the CPU")
     parser.add_argument("--batch-gpu", type=int, default=4, help="frames per localize_frames call on the GPU")
-    parser.add_argument("--tiles-cpu", type=tiles_argument, nargs="+", default=[256], metavar="T|whole",
+    parser.add_argument("--tiles-cpu", type=tiles_argument, nargs="+", default=[None], metavar="T|whole",
                         help="tile cores on the CPU ('whole': no tiling; a whole frame's volume is 1.3 GB)")
+    parser.add_argument("--head-tiles-cpu", type=tiles_argument, nargs="+", default=[64], metavar="H|whole",
+                        help="head tiles on the CPU (infer.py head_tile=auto: 64; 'whole': the head on whole crops)")
+    parser.add_argument("--head-tiles-gpu", type=tiles_argument, nargs="+", default=[None], metavar="H|whole",
+                        help="head tiles on the GPU (infer.py head_tile=auto: whole)")
     parser.add_argument("--tiles-gpu", type=tiles_argument, nargs="+", default=[None, 256, 128], metavar="T|whole",
                         help="tile cores on the GPU ('whole': no tiling)")
     parser.add_argument("--precisions-cpu", nargs="+", choices=PRECISIONS[:2], default=["fp32"],
@@ -469,8 +493,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tf32", choices=["default", "on", "off"], default="default",
                         help="TF32 for the network on the GPU: torch's default (convolutions yes), on, off; the "
                              "baseline's dense convolutions always run in full fp32")
-    parser.add_argument("--cpu-channels-last", action="store_true",
-                        help="the network in channels-last memory format on the CPU (infer.py channels_last=true)")
+    parser.add_argument("--cpu-memory-format", choices=["channels-last", "contiguous"], default="channels-last",
+                        help="the network's memory format on the CPU (infer.py channels_last=auto: channels-last)")
     parser.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; None keeps torch's")
     parser.add_argument("--out", nargs="?", const=default_report_path(BENCHMARK), default=None, type=Path,
@@ -497,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     set_tf32({"default": None, "on": True, "off": False}[args.tf32])
     global CPU_CHANNELS_LAST
-    CPU_CHANNELS_LAST = args.cpu_channels_last
+    CPU_CHANNELS_LAST = args.cpu_memory_format == "channels-last"
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     module = authors_module(args.weights)
@@ -518,8 +542,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 localize_frames(module, frames[:1, :64, :64].to(device))
         for precision in args.precisions_gpu if gpu else args.precisions_cpu:
             for tile in args.tiles_gpu if gpu else args.tiles_cpu:
-                rows.append(measure(module, frames, device, precision, tile, args.batch_gpu if gpu else args.batch_cpu,
-                                    warmup, repeats, not args.no_baseline, product))
+                for head_tile in args.head_tiles_gpu if gpu else args.head_tiles_cpu:
+                    rows.append(measure(module, frames, device, precision, tile, head_tile,
+                                        args.batch_gpu if gpu else args.batch_cpu, warmup, repeats,
+                                        not args.no_baseline, product))
         module.to("cpu")
 
     machine = machine_info()
@@ -541,6 +567,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "batch (CPU / GPU)": f"{args.batch_cpu} / {args.batch_gpu} frames per localize_frames call",
             "tiles (CPU / GPU)": f"{[t or 'whole' for t in args.tiles_cpu]} / {[t or 'whole' for t in args.tiles_gpu]}"
                                  f" px cores, margin {margin} px (network receptive radius + 2)",
+            "head tiles (CPU / GPU)": f"{[t or 'whole' for t in args.head_tiles_cpu]} / "
+                                      f"{[t or 'whole' for t in args.head_tiles_gpu]} px of trunk features, margin "
+                                      f"{required_head_margin(module.net)} px (head receptive radius + 2)",
             "precisions (CPU / GPU)": f"{args.precisions_cpu} / {args.precisions_gpu}",
             "warm-up / timed passes": f"{args.warmup if args.warmup is not None else 'CPU 0, GPU 2'} / "
                                       f"{args.repeats if args.repeats is not None else 'CPU 1, GPU 5'}",

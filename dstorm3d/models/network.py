@@ -27,12 +27,21 @@ class LocalizationNet(nn.Module):
     def receptive_radius_px(self) -> int:
         """How far (camera pixels) an output location sees into the input, rounded up: the context a tile
         needs around its core for tiled inference to equal whole-frame inference."""
-        from dstorm3d.models.heads import OffsetsHead, VolumeHead
-
         if hasattr(self.trunk, "receptive_radius_px"):
             radius = float(self.trunk.receptive_radius_px())
         else:
             radius = float(sum(self.trunk.dilations))  # 3×3 convs: dilation d reaches d pixels
+        return int(math.ceil(radius + self._head_radius()))
+
+    def head_receptive_radius_px(self) -> int:
+        """How far (camera pixels) the head alone sees into the trunk's features, rounded up: the context a
+        tile of features needs for the head's output on its core to equal the whole frame's."""
+        return int(math.ceil(self._head_radius()))
+
+    def _head_radius(self) -> float:
+        from dstorm3d.models.heads import OffsetsHead, VolumeHead
+
+        radius = 0.0
         if isinstance(self.head, VolumeHead):
             factor = 1
             for _ in self.head.upsample_blocks:
@@ -41,7 +50,7 @@ class LocalizationNet(nn.Module):
             radius += (1 + len(self.head.residual_blocks)) / factor
         elif isinstance(self.head, OffsetsHead):
             radius += len(self.head.blocks)
-        return int(math.ceil(radius))
+        return radius
 
     def forward(self, frames: Tensor) -> Tensor | dict[str, Tensor]:
         if frames.ndim == 3:

@@ -98,12 +98,14 @@ class SimulatedLocalizationModule(pl.LightningModule):
         """Network output for camera frames ``(B, H, W)`` in counts (normalised here)."""
         return self.net(self.normalization(frames))
 
-    def localize(self, frames: Tensor, threshold: float | None = None, tile: int | None = None) -> Emitters:
+    def localize(self, frames: Tensor, threshold: float | None = None, tile: int | None = None,
+                 head_tile: int | None = None) -> Emitters:
         """Localizations (µm, score) in frames ``(B, H, W)`` of camera counts, through tiles of at most
-        ``tile`` pixels when given (same results as whole frames)."""
+        ``tile`` pixels, and the head through tiles of ``head_tile`` pixels, when given (same results as
+        whole frames; see :mod:`dstorm3d.inference.tiling`)."""
         from dstorm3d.inference.tiling import localize_frames
 
-        return localize_frames(self, frames, tile=tile, threshold=threshold)
+        return localize_frames(self, frames, tile=tile, threshold=threshold, head_tile=head_tile)
 
     def _noise(self, stage: str, batch: Mapping[str, Tensor]) -> torch.Generator:
         first = int(batch["index"][0])

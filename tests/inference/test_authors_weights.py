@@ -71,25 +71,33 @@ def test_imported_network_matches_the_authors_on_the_reference_crop(tmp_path):
 
 
 @pytest.mark.slow
-def test_infer_cli_with_the_authors_network_matches_their_full_frames(tmp_path):
+@pytest.mark.parametrize("frames", [
+    pytest.param((1,), id="frame1"),
+    pytest.param((1, 2, 3), id="frames1-3", marks=pytest.mark.long),
+])
+def test_infer_cli_with_the_authors_network_matches_their_full_frames(tmp_path, frames):
+    """Whole 492 × 332 frames through infer.py (one tile each: the network takes ~45 s per frame on 2 CPU
+    cores; tiling is checked against whole frames in test_tiling.py). CI runs frame 1; ``-m long`` all three."""
     ckpt = authors_checkpoint(tmp_path)
     data = tmp_path / "frames"
     data.mkdir()
-    for n in (1, 2, 3):
+    for n in frames:
         (data / f"{n:02d}.tif").symlink_to(shared_path("experimental", "mito_tetrapod", f"{n:02d}.tif"))
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, str(REPO_ROOT / "infer.py"), f"ckpt={ckpt}", f"data={data}", f"out={out}",
-                             "tile=128", "batch_size=1", "num_workers=0", "overlay_frames=1", f"hydra.run.dir={out}"],
+                             "tile=512", "batch_size=1", "num_workers=0", "overlay_frames=1", f"hydra.run.dir={out}"],
                             capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     table = read_localizations(out / "localizations.csv")
     expected = reference("mito_frames01-03.csv")
     matched = extra = total = 0
-    for n in (1, 2, 3):
+    for n in frames:
         here = table["frame"] == n
         ours = np.stack([table["x"][here], table["y"][here], table["z"][here]], axis=1)
         m, e = agreement(ours, expected[n])
         matched, extra, total = matched + m, extra + e, total + len(expected[n])
+    print(f"authors' localizations matched within 2 nm: {matched}/{total}, extra: {extra}")
+    assert total >= 50 * len(frames)
     assert matched >= 0.98 * total and extra <= 0.02 * total
     for name in ("render.png", "render.tif", "summary.json", "overlay_frame0001.png"):
         assert (out / name).is_file()
