@@ -142,7 +142,12 @@ class PupilModel(nn.Module):
             magnitude = magnitude * amplitude_scale.to(angle.dtype).reshape(-1, 1, 1)
         if self.has_decay:  # evanescent light beyond the critical angle (objective aperture only)
             magnitude = magnitude * torch.exp(-z.clamp_min(0) * folded["decay"])
-        return torch.stack([torch.cos(angle), torch.sin(angle)]) * magnitude
+        if _tracked(angle, magnitude):
+            return torch.stack([torch.cos(angle), torch.sin(angle)]) * magnitude
+        planes = angle.new_empty((2, *angle.shape))  # no graph to keep: write in place, fewer passes
+        torch.cos(angle, out=planes[0])
+        torch.sin(angle, out=planes[1])
+        return planes.mul_(magnitude)
 
     def _folded_buffers(self) -> dict[str, Tensor]:
         """The constant ``(K, K)`` buffers in folded order (cached per device and dtype)."""
@@ -203,9 +208,17 @@ class PupilModel(nn.Module):
         −(X_r(+k) − X_r(−k))]."""
         h = self.box_half
         positive, negative = planes.narrow(dim, 1, h), planes.narrow(dim, h + 1, h)
-        sign = torch.tensor([1.0, -1.0], dtype=planes.dtype, device=planes.device).reshape(2, *[1] * (planes.ndim - 1))
-        swapped = (positive - negative).flip(0) * sign
-        return torch.cat([planes.narrow(dim, 0, 1), positive + negative, swapped], dim)
+        if _tracked(planes):
+            sign = torch.tensor([1.0, -1.0], dtype=planes.dtype, device=planes.device)
+            swapped = (positive - negative).flip(0) * sign.reshape(2, *[1] * (planes.ndim - 1))
+            return torch.cat([planes.narrow(dim, 0, 1), positive + negative, swapped], dim)
+        folded = torch.empty_like(planes)  # no graph to keep: write each block in place
+        folded.narrow(dim, 0, 1).copy_(planes.narrow(dim, 0, 1))
+        torch.add(positive, negative, out=folded.narrow(dim, 1, h))
+        swapped = folded.narrow(dim, h + 1, h)
+        torch.sub(positive[1], negative[1], out=swapped[0])
+        torch.sub(negative[0], positive[0], out=swapped[1])
+        return folded
 
     def fields_on_grid(self, pupil: Tensor, shape: tuple[int, int]) -> Tensor:
         """Complex camera fields ``(E, H, W)`` of complex pupils ``(E, K, K)`` (natural order; see
@@ -261,6 +274,11 @@ class PupilModel(nn.Module):
         xyz = torch.stack([torch.full_like(z, centre), torch.full_like(z, centre), z], dim=1)
         corner = torch.zeros(2, dtype=torch.long, device=z.device)
         return self.psf_on_grid(xyz, corner, (window, window), phase_mask)
+
+
+def _tracked(*tensors: Tensor) -> bool:
+    """Whether autograd records operations on these tensors (then no in-place shortcuts)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def intensity(field: Tensor) -> Tensor:

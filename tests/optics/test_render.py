@@ -129,3 +129,17 @@ def test_rendering_runs_on_the_pupils_device_and_dtype():
     assert out.dtype == torch.float32 and out.shape == (2, 32, 32)
     empty = render_frames(pupil, xyz[:0], photons[:0], frames[:0], 2, (32, 32), window=32)
     assert empty.shape == (2, 32, 32) and not empty.any()
+
+
+def test_rendering_with_and_without_autograd_is_identical(pupil64):
+    """The no-gradient path writes its intermediate planes in place; the values must not change."""
+    torch.manual_seed(3)
+    dtype = pupil64.kappa.dtype
+    xyz = torch.stack([torch.rand(20) * 3.5, torch.rand(20) * 3.5, torch.rand(20) * 4.0], dim=1).to(dtype)
+    photons = torch.full((20,), 5000.0, dtype=dtype)
+    frames = torch.arange(20) % 2
+    with torch.no_grad():
+        plain = render_frames(pupil64, xyz, photons, frames, 2, (32, 32))
+    tracked = render_frames(pupil64, xyz.clone().requires_grad_(True), photons, frames, 2, (32, 32))
+    assert tracked.requires_grad
+    torch.testing.assert_close(tracked.detach(), plain, rtol=0, atol=0)
