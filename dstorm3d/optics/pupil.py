@@ -199,8 +199,10 @@ class PupilModel(nn.Module):
                 "would wrap around: render through windows (optics window ≤ pupil_grid) or use a larger pupil_grid")
         cols = self.folded_dft_matrix(width)
         rows = cols if height == width else self.folded_dft_matrix(height)
-        half_planes = self._fold_pairs(planes, -1) @ cols  # (2, E, K, W): Σ over kx
-        return rows.transpose(0, 1) @ self._fold_pairs(half_planes, -2)  # (2, E, H, W): Σ over ky
+        # the optics stays in the pupil's precision under mixed-precision training (no bf16 products)
+        with torch.autocast(planes.device.type, enabled=False):
+            half_planes = self._fold_pairs(planes, -1) @ cols  # (2, E, K, W): Σ over kx
+            return rows.transpose(0, 1) @ self._fold_pairs(half_planes, -2)  # (2, E, H, W): Σ over ky
 
     def _fold_pairs(self, planes: Tensor, dim: int) -> Tensor:
         """Fold (real, imag) planes ``(2, …)`` along ``dim`` (folded order) for the [C; S] product:

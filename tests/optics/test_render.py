@@ -143,3 +143,16 @@ def test_rendering_with_and_without_autograd_is_identical(pupil64):
     tracked = render_frames(pupil64, xyz.clone().requires_grad_(True), photons, frames, 2, (32, 32))
     assert tracked.requires_grad
     torch.testing.assert_close(tracked.detach(), plain, rtol=0, atol=0)
+
+
+def test_rendering_ignores_mixed_precision_autocast():
+    """Training steps run under bf16 autocast; the optics must still render in float32."""
+    pupil = PupilModel(SETUP, tetrapod_mask(SETUP))
+    xyz = torch.tensor([[1.2, 1.7, 0.8], [2.1, 0.9, 3.1]])
+    photons = torch.tensor([5000.0, 8000.0])
+    frames = torch.tensor([0, 0])
+    plain = render_frames(pupil, xyz, photons, frames, 1, (32, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = render_frames(pupil, xyz, photons, frames, 1, (32, 32))
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain, rtol=0, atol=0)
