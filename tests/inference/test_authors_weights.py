@@ -97,7 +97,7 @@ def test_infer_cli_with_the_authors_network_matches_their_full_frames(tmp_path, 
         m, e = agreement(ours, expected[n])
         matched, extra, total = matched + m, extra + e, total + len(expected[n])
     print(f"authors' localizations matched within 2 nm: {matched}/{total}, extra: {extra}")
-    assert total >= 50 * len(frames)
+    assert total >= 40 * len(frames)  # the reference has 47 on frame 1
     assert matched >= 0.98 * total and extra <= 0.02 * total
     for name in ("render.png", "render.tif", "summary.json", "overlay_frame0001.png"):
         assert (out / name).is_file()
