@@ -18,8 +18,8 @@ matrix DFT from the K × K box that holds the aperture (K = 2⌈R⌉ + 1 ≪ N) 
 pixels of a window around the emitter: two shared matrix products per emitter. Folding each pupil's
 +k and −k frequencies together first makes the DFT matrices real (cos and sin halves), so the products
 cost 2·K·P·(K + P) real multiply-adds, half a complex product's (:meth:`PupilModel.field_planes`);
-the pupils never exist as complex numbers. The sub-pixel position enters exactly through the phase ramp (no interpolation), the
-integer position through the window's place in the frame. With P = N the window is one full DFT period
+the pupils never exist as complex numbers. The sub-pixel position enters exactly through the phase
+ramp (no interpolation), the integer position through the window's place in the frame. With P = N the window is one full DFT period
 and the result equals the FFT model exactly; smaller windows drop only the PSF tail beyond the window
 (see :func:`window_energy`).
 """
