@@ -136,7 +136,10 @@ class PupilModel(nn.Module):
         angle = torch.addcmul(mask + folded["base_phase"], z, folded["kz_sample"])
         if shift_px is not None:
             ramps = self._ramp_angle(shift_px)[..., order]  # (E, 2, K)
-            angle = angle + ramps[:, 1].unsqueeze(2) + ramps[:, 0].unsqueeze(1)
+            if _tracked(angle, ramps):
+                angle = angle + ramps[:, 1].unsqueeze(2) + ramps[:, 0].unsqueeze(1)
+            else:
+                angle.add_(ramps[:, 1].unsqueeze(2)).add_(ramps[:, 0].unsqueeze(1))
         magnitude = folded["amplitude"]
         if amplitude_scale is not None:
             magnitude = magnitude * amplitude_scale.to(angle.dtype).reshape(-1, 1, 1)
@@ -257,7 +260,10 @@ class PupilModel(nn.Module):
         fold = photons is not None and not photons.requires_grad
         scale = (photons.to(xyz_um.dtype) / self.energy_norm).sqrt() if fold else None
         planes = self.field_planes(self.pupil_planes(xyz_um[:, 2], shift, phase_mask, amplitude_scale=scale), shape)
-        power = torch.addcmul(planes[0].square(), planes[1], planes[1])  # |E|²
+        if _tracked(planes):
+            power = torch.addcmul(planes[0].square(), planes[1], planes[1])  # |E|²
+        else:
+            power = planes[0].square_().addcmul_(planes[1], planes[1])
         if fold:
             return power
         psf = power / self.energy_norm
