@@ -156,3 +156,19 @@ def test_rendering_ignores_mixed_precision_autocast():
         mixed = render_frames(pupil, xyz, photons, frames, 1, (32, 32))
     assert mixed.dtype == torch.float32
     torch.testing.assert_close(mixed, plain, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_rendering_equals_cpu_rendering():
+    """The GPU path (all emitters at once, no chunks) gives the CPU's frames, also under bf16 autocast."""
+    pupil = PupilModel(SETUP, tetrapod_mask(SETUP))
+    torch.manual_seed(5)
+    xyz = torch.stack([torch.rand(40) * 13.0, torch.rand(40) * 13.0, torch.rand(40) * 4.0], dim=1)
+    photons = torch.full((40,), 5000.0)
+    frames = torch.arange(40) % 4
+    cpu = render_frames(pupil, xyz, photons, frames, 4, (121, 121))
+    gpu = pupil.to("cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        cuda = render_frames(gpu, xyz.cuda(), photons.cuda(), frames.cuda(), 4, (121, 121))
+    assert cuda.dtype == torch.float32
+    torch.testing.assert_close(cuda.cpu(), cpu, rtol=1e-4, atol=1e-3 * float(cpu.max()))
