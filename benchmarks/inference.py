@@ -46,12 +46,12 @@ from common import (PRECISIONS, Timing, autocast, compose_config, default_report
                     time_call, write_report)
 from dstorm3d.emitters import Emitters
 from dstorm3d.geometry import VolumeGrid
+from dstorm3d.inference.run import AUTO_HEAD_TILE
 from dstorm3d.inference.tiling import localize_frames, required_head_margin, required_margin
 from dstorm3d.postprocess.volume import pack_detections
 from dstorm3d.utils.paths import shared_data_dir
 
 BENCHMARK = "inference"
-CPU_CHANNELS_LAST = True  # --cpu-memory-format: the network channels-last on CPUs (infer.py channels_last=auto)
 ORIGINAL_CPU_S_PER_FRAME = 200.0  # the original, 2 CPU cores, one 492 × 332 frame (reference.md §10)
 ORIGINAL_FRAME_SHAPE = (332, 492)
 CPU_GOAL_SPEEDUP = 5.0
@@ -286,7 +286,8 @@ def frame_batches(frames: Tensor, batch: int) -> list[Tensor]:
 
 
 def measure(module: torch.nn.Module, frames: Tensor, device: torch.device, precision: str, tile: int | None,
-            head_tile: int | None, batch: int, warmup: int, repeats: int, baseline: bool, product: bool) -> Row:
+            head_tile: int | None, batch: int, warmup: int, repeats: int, baseline: bool, product: bool,
+            cpu_channels_last: bool = True) -> Row:
     """``warmup`` untimed and ``repeats`` timed passes over all ``frames``; each pass localizes every batch
     with ours (timed by part) and then, on the kept network outputs, with the baseline."""
     grid = module.readout.grid
@@ -296,7 +297,7 @@ def measure(module: torch.nn.Module, frames: Tensor, device: torch.device, preci
     batches = [b.to(device) for b in frame_batches(frames, batch)]
     # bf16-cl (and CPU runs with --cpu-memory-format channels-last, as infer.py on CPUs): the network's weights
     # (hence its activations) in channels-last memory format
-    channels_last = precision == "bf16-cl" or (device.type == "cpu" and CPU_CHANNELS_LAST)
+    channels_last = precision == "bf16-cl" or (device.type == "cpu" and cpu_channels_last)
     module.net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     net = NetProbe(module.net, device, precision)
     ours = DecoderProbe(module.readout.decode, device)
@@ -359,7 +360,8 @@ def measure(module: torch.nn.Module, frames: Tensor, device: torch.device, preci
         return Timing(tuple(times[key]))
 
     shape = (int(frames.shape[-2]), int(frames.shape[-1]))
-    tiling = ("whole frame" if tile is None else f"tiles {tile} px") + ("" if head_tile is None else f", head {head_tile} px")
+    tiling = "whole frame" if tile is None else f"tiles {tile} px"
+    tiling += "" if head_tile is None else f", head {head_tile} px"
     row = Row(device.type, precision, tiling, int(frames.shape[0]),
               shape, batch, timing("forward"), timing("ours"), timing("baseline") if baseline else None,
               timing("e2e"), timing("e2e_baseline") if baseline else None, product_timing,
@@ -472,10 +474,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-gpu", type=int, default=4, help="frames per localize_frames call on the GPU")
     parser.add_argument("--tiles-cpu", type=tiles_argument, nargs="+", default=[None], metavar="T|whole",
                         help="tile cores on the CPU ('whole': no tiling; a whole frame's volume is 1.3 GB)")
-    parser.add_argument("--head-tiles-cpu", type=tiles_argument, nargs="+", default=[64], metavar="H|whole",
-                        help="head tiles on the CPU (infer.py head_tile=auto: 64; 'whole': the head on whole crops)")
-    parser.add_argument("--head-tiles-gpu", type=tiles_argument, nargs="+", default=[None], metavar="H|whole",
-                        help="head tiles on the GPU (infer.py head_tile=auto: whole)")
+    parser.add_argument("--head-tiles-cpu", type=tiles_argument, nargs="+", default=[AUTO_HEAD_TILE[True]],
+                        metavar="H|whole", help="head tiles on the CPU (default: infer.py's head_tile=auto there; "
+                                                "'whole': the head on whole crops)")
+    parser.add_argument("--head-tiles-gpu", type=tiles_argument, nargs="+", default=[AUTO_HEAD_TILE[False]],
+                        metavar="H|whole", help="head tiles on the GPU (default: infer.py's head_tile=auto there)")
     parser.add_argument("--tiles-gpu", type=tiles_argument, nargs="+", default=[None, 256, 128], metavar="T|whole",
                         help="tile cores on the GPU ('whole': no tiling)")
     parser.add_argument("--precisions-cpu", nargs="+", choices=PRECISIONS[:2], default=["fp32"],
@@ -520,8 +523,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     set_tf32({"default": None, "on": True, "off": False}[args.tf32])
-    global CPU_CHANNELS_LAST
-    CPU_CHANNELS_LAST = args.cpu_memory_format == "channels-last"
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     module = authors_module(args.weights)
@@ -545,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for head_tile in args.head_tiles_gpu if gpu else args.head_tiles_cpu:
                     rows.append(measure(module, frames, device, precision, tile, head_tile,
                                         args.batch_gpu if gpu else args.batch_cpu, warmup, repeats,
-                                        not args.no_baseline, product))
+                                        not args.no_baseline, product, args.cpu_memory_format == "channels-last"))
         module.to("cpu")
 
     machine = machine_info()
@@ -575,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                       f"{args.repeats if args.repeats is not None else 'CPU 1, GPU 5'}",
             "TF32 (network)": args.tf32,
             "cudnn.benchmark": torch.backends.cudnn.benchmark,
-            "CPU memory format": "channels-last" if CPU_CHANNELS_LAST else "contiguous",
+            "CPU memory format": args.cpu_memory_format,
         }
         notes = notes + [
             "forward: the network on every frame or tile (normalisation excluded; bf16 = autocast); ours post: "

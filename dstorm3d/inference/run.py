@@ -50,13 +50,11 @@ def check_applicable(module: Any, shape: tuple[int, int], tile: int | None = Non
     if min(height, width) < MIN_FRAME_PX:
         raise UserInputError(f"frames of {height}×{width} px are too small for this network: need at least "
                              f"{MIN_FRAME_PX}×{MIN_FRAME_PX} px")
-    piece = (height, width)
-    if tile is not None:
-        reach = tile + 2 * required_margin(module.net)
-        piece = (min(piece[0], reach), min(piece[1], reach))
-    if head_tile is not None:
-        reach = head_tile + 2 * required_head_margin(module.net)
-        piece = (min(piece[0], reach), min(piece[1], reach))
+    piece = (height, width)  # the largest input the head sees at once, camera pixels with context
+    for size, margin in ((tile, required_margin), (head_tile, required_head_margin)):
+        if size is not None:
+            reach = size + 2 * margin(module.net)
+            piece = (min(piece[0], reach), min(piece[1], reach))
     factor = 2 ** int(module.hparams.head.get("upsampling", 0)) if module.hparams.head["kind"] == "volume" else 1
     if factor > 1 and (piece[0] * factor * piece[1] * factor * int(module.hparams.head.get("depth_slices", 1))) > 2e9:
         raise UserInputError(f"a {height}×{width} frame makes a volume too large for one pass: set tile=<px> "

@@ -45,7 +45,7 @@ def psf_with_derivatives(pupil: PupilModel, xyz_um: Tensor, corner: Tensor, shap
     e, k = pupils.shape[0], pupils.shape[-1]
     fields = pupil.fields_on_grid(pupils.reshape(e * 4, k, k), shape).reshape(e, 4, height, width)
     field = fields[:, 0]
-    h = (field.real.square() + field.imag.square()) / pupil.energy_norm
+    h = pupil.intensity_per_photon(field)
     dh = 2 * (field.conj().unsqueeze(1) * fields[:, 1:]).real / pupil.energy_norm
     sigma = None if blur_sigma_px is None else torch.tensor([float(blur_sigma_px)], dtype=dtype, device=device)
     transfer = intensity_filter(shape, sigma, pixel_integration, dtype, device)

@@ -19,9 +19,9 @@ pixels of a window around the emitter: two shared matrix products per emitter. F
 +k and −k frequencies together first makes the DFT matrices real (cos and sin halves), so the products
 cost 2·K·P·(K + P) real multiply-adds, half a complex product's (:meth:`PupilModel.field_planes`);
 the pupils never exist as complex numbers. The sub-pixel position enters exactly through the phase
-ramp (no interpolation), the integer position through the window's place in the frame. With P = N the window is one full DFT period
-and the result equals the FFT model exactly; smaller windows drop only the PSF tail beyond the window
-(see :func:`window_energy`).
+ramp (no interpolation), the integer position through the window's place in the frame. With P = N the
+window is one full DFT period and the result equals the FFT model exactly; smaller windows drop only
+the PSF tail beyond the window (see :func:`window_energy`).
 """
 
 from __future__ import annotations
@@ -94,6 +94,10 @@ class PupilModel(nn.Module):
         self.register_buffer("kz_sample", buf(kz.real), persistent=False)
         self.register_buffer("decay", buf(kz.imag), persistent=False)
         self.has_decay = bool((self.decay > 0).any())
+        # the same four buffers with both axes in folded order, as pupil_planes uses them
+        for name in ("base_phase", "kz_sample", "amplitude", "decay"):
+            natural = getattr(self, name)
+            self.register_buffer(f"_{name}_folded", natural[self._fold][:, self._fold].contiguous(), persistent=False)
         # Σ_r |E(r)|² over one period = N²·Σ_f |P(f)|² (Parseval); |P| = amplitude at z = 0.
         self.energy_norm = float(n * n * amplitude.sum())
 
@@ -130,37 +134,26 @@ class PupilModel(nn.Module):
         *folded order* (frequency indices 0, 1 … h, −1 … −h; see :meth:`field_planes`). The phases are
         summed as real numbers and turned into cos/sin once (one pass over the E × K × K pupils)."""
         order = self._fold
-        folded = self._folded_buffers()
         z = z.reshape(-1, 1, 1)
         mask = self.mask_in_box(phase_mask)[order][:, order]
-        angle = torch.addcmul(mask + folded["base_phase"], z, folded["kz_sample"])
+        angle = torch.addcmul(mask + self._base_phase_folded, z, self._kz_sample_folded)
         if shift_px is not None:
             ramps = self._ramp_angle(shift_px)[..., order]  # (E, 2, K)
             if _tracked(angle, ramps):
                 angle = angle + ramps[:, 1].unsqueeze(2) + ramps[:, 0].unsqueeze(1)
             else:
                 angle.add_(ramps[:, 1].unsqueeze(2)).add_(ramps[:, 0].unsqueeze(1))
-        magnitude = folded["amplitude"]
+        magnitude = self._amplitude_folded
         if amplitude_scale is not None:
             magnitude = magnitude * amplitude_scale.to(angle.dtype).reshape(-1, 1, 1)
         if self.has_decay:  # evanescent light beyond the critical angle (objective aperture only)
-            magnitude = magnitude * torch.exp(-z.clamp_min(0) * folded["decay"])
+            magnitude = magnitude * torch.exp(-z.clamp_min(0) * self._decay_folded)
         if _tracked(angle, magnitude):
             return torch.stack([torch.cos(angle), torch.sin(angle)]) * magnitude
         planes = angle.new_empty((2, *angle.shape))  # no graph to keep: write in place, fewer passes
         torch.cos(angle, out=planes[0])
         torch.sin(angle, out=planes[1])
         return planes.mul_(magnitude)
-
-    def _folded_buffers(self) -> dict[str, Tensor]:
-        """The constant ``(K, K)`` buffers in folded order (cached per device and dtype)."""
-        key = ("folded", self.kappa.device, self.kappa.dtype)
-        cache = self.__dict__.setdefault("_dft_cache", {})
-        if key not in cache:
-            order = self._fold
-            cache[key] = {name: getattr(self, name)[order][:, order].contiguous()
-                          for name in ("base_phase", "kz_sample", "amplitude", "decay")}
-        return cache[key]
 
     def _ramp_angle(self, shift_px: Tensor) -> Tensor:
         """Phase −2π κ_k s (rad) of the ramps for shifts ``(E, 2)`` in pixels → ``(E, 2, K)``. The
@@ -257,14 +250,16 @@ class PupilModel(nn.Module):
         origin = origin + torch.tensor([height // 2, width // 2], dtype=xyz_um.dtype, device=xyz_um.device)
         pixel = xyz_um[:, :2] / self.setup.pixel_size_um  # (column, row), continuous
         shift = origin.flip(-1) + 0.5 - pixel  # grid origin pixel centre minus emitter, (column, row) px
-        fold = photons is not None and not photons.requires_grad
-        scale = (photons.to(xyz_um.dtype) / self.energy_norm).sqrt() if fold else None
+        # photons (and the normalisation) enter the pupil amplitude as a square root, unless a gradient
+        # w.r.t. the photons is wanted
+        in_amplitude = photons is not None and not photons.requires_grad
+        scale = (photons.to(xyz_um.dtype) / self.energy_norm).sqrt() if in_amplitude else None
         planes = self.field_planes(self.pupil_planes(xyz_um[:, 2], shift, phase_mask, amplitude_scale=scale), shape)
         if _tracked(planes):
             power = torch.addcmul(planes[0].square(), planes[1], planes[1])  # |E|²
         else:
             power = planes[0].square_().addcmul_(planes[1], planes[1])
-        if fold:
+        if in_amplitude:
             return power
         psf = power / self.energy_norm
         return psf if photons is None else psf * photons.to(psf.dtype).reshape(-1, 1, 1)

@@ -23,6 +23,7 @@ Models (reference.md §4):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -221,8 +222,9 @@ def smooth_unit_field(shape: Sequence[int], correlation_px: float, generator: to
     ph, pw = h + pad, w + pad
     noise = torch.randn((*lead, ph, pw), generator=generator, device=device, dtype=dtype)
     if correlation_px > 0:
-        field = lowpass_matrix(h, ph, correlation_px, device, dtype) @ noise @ lowpass_matrix(
-            w, pw, correlation_px, device, dtype).transpose(0, 1)
+        rows = lowpass_matrix(h, ph, correlation_px).to(device=device, dtype=dtype)
+        cols = rows if (w, pw) == (h, ph) else lowpass_matrix(w, pw, correlation_px).to(device=device, dtype=dtype)
+        field = rows @ noise @ cols.transpose(0, 1)
     else:
         field = noise[..., :h, :w]
     lo = field.amin(dim=(-2, -1), keepdim=True)
@@ -231,15 +233,16 @@ def smooth_unit_field(shape: Sequence[int], correlation_px: float, generator: to
     return torch.where(span > 0, unit, torch.full_like(field, 0.5))
 
 
-def lowpass_matrix(keep: int, period: int, correlation_px: float, device: torch.device | str | None,
-                   dtype: torch.dtype) -> Tensor:
+@functools.lru_cache(maxsize=16)
+def lowpass_matrix(keep: int, period: int, correlation_px: float) -> Tensor:
     """``(keep, period)`` rows of the circulant matrix that filters a length-``period`` periodic signal by
     the Gaussian transfer exp(−2π²σ²ν²) (σ = ``correlation_px``): the same result as filtering with FFTs,
-    as matrix products that compute only the ``keep`` samples used (3× faster on CPU for 121-px maps)."""
+    as matrix products that compute only the ``keep`` samples used (3× faster on CPU for 121-px maps).
+    Float64 on the CPU, cached (callers convert; do not modify the result in place)."""
     nu = torch.fft.fftfreq(period, dtype=torch.float64)
     taps = torch.fft.ifft(torch.exp(-2 * math.pi ** 2 * correlation_px ** 2 * nu ** 2)).real  # c[m]
     lag = torch.remainder(torch.arange(keep).unsqueeze(1) - torch.arange(period).unsqueeze(0), period)
-    return taps[lag].to(device=device, dtype=dtype)
+    return taps[lag]
 
 
 def smooth_random_map(shape: Sequence[int], lo: float | Tensor, hi: float | Tensor, correlation_px: float,
