@@ -12,7 +12,9 @@ PY=${PYTHON:-.venv/bin/python}
 OUT=${1:-logs/studies/psf_design_cpu}
 JOINT_STEPS=${JOINT_STEPS:-500}
 STEPS=${STEPS:-1000}
-COMMON=(logger=csv test=false +trainer.max_steps="$STEPS" trainer.max_epochs=-1)
+# the decoders of the published study: the quickstart data with the paper's dilated trunk, 32 channels, Adam 1e-3
+DECODER=(model.network.trunk=paper model.network.channels=32 model.optimizer.lr=1e-3 model.scheduler.kind=none)
+COMMON=(logger=csv test=false +trainer.max_steps="$STEPS" trainer.max_epochs=-1 "${DECODER[@]}")
 
 "$PY" train.py experiment=psf_design_cpu logger=csv test=false +trainer.max_steps="$JOINT_STEPS" trainer.max_epochs=-1 \
     hydra.run.dir="$OUT/joint"

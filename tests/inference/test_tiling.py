@@ -16,7 +16,7 @@ def small_module(tmp_path, head: str, trunk: str):
 
     sizes = ["model.head.depth_slices=11"] if head == "volume" else []
     with composed("train.yaml", ["experiment=quickstart", f"model/head={head}", "model.network.channels=8",
-                                 f"+model.network.trunk={trunk}", *sizes], tmp_path) as cfg:
+                                 f"model.network.trunk={trunk}", *sizes], tmp_path) as cfg:
         torch.manual_seed(0)
         module = hydra.utils.instantiate(cfg.model, _convert_="all")
     return module.eval()
