@@ -78,7 +78,7 @@ class Experiment:
         head, net, sim = self.model["head"], self.model["network"], self.model["simulation"]
         h, w = sim["frame_shape"]
         depth = f", D = {head['depth_slices']}" if head["kind"] == "volume" else ""
-        return (f"{head['kind']} head{depth}, {net['channels']} channels, {h}×{w} px frames, "
+        return (f"{head['kind']} head{depth}, {net.get('trunk', 'paper')} trunk, {net['channels']} channels, {h}×{w} px frames, "
                 f"{sim['emitters'].get('count_range', sim['emitters'].get('density_per_um2'))} emitters")
 
 
@@ -159,8 +159,7 @@ def measure(device: torch.device, experiment: Experiment, precision: str, batch_
     """Full steps (``time_call``), then the split over ``--split-repeats`` more steps."""
     reset_peak_memory(device)
     module = build_module(experiment, device, precision)
-    optimizers = module.configure_optimizers()
-    optimizer = optimizers["optimizer"] if isinstance(optimizers, dict) else optimizers
+    optimizer = module.build_optimizer()  # the module's Adam; schedules do not change a step's cost
     dataset = emitter_dataset(experiment)
     batches = Batches(dataset, batch_size, args.warmup + args.repeats + args.split_repeats + 1)
 

@@ -212,9 +212,13 @@ class SimulatedLocalizationModule(pl.LightningModule):
         opt = self.hparams.optimizer
         return [{"params": self.net.parameters(), "lr": float(opt.get("lr", 5e-4)), "name": "network"}]
 
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """Adam over :meth:`parameter_groups` (without a schedule, which needs the trainer)."""
+        weight_decay = float(self.hparams.optimizer.get("weight_decay", 0.0))
+        return torch.optim.Adam(self.parameter_groups(), weight_decay=weight_decay)
+
     def configure_optimizers(self) -> Any:
-        opt = self.hparams.optimizer
-        optimizer = torch.optim.Adam(self.parameter_groups(), weight_decay=float(opt.get("weight_decay", 0.0)))
+        optimizer = self.build_optimizer()
         sched = dict(self.hparams.scheduler)
         kind = sched.get("kind", "plateau")
         if kind == "none":
