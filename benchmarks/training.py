@@ -78,7 +78,8 @@ class Experiment:
         head, net, sim = self.model["head"], self.model["network"], self.model["simulation"]
         h, w = sim["frame_shape"]
         depth = f", D = {head['depth_slices']}" if head["kind"] == "volume" else ""
-        return (f"{head['kind']} head{depth}, {net.get('trunk', 'paper')} trunk, {net['channels']} channels, {h}×{w} px frames, "
+        return (f"{head['kind']} head{depth}, {net.get('trunk', 'paper')} trunk, {net['channels']} channels, "
+                f"{h}×{w} px frames, "
                 f"{sim['emitters'].get('count_range', sim['emitters'].get('density_per_um2'))} emitters")
 
 

@@ -41,8 +41,8 @@ from dstorm3d.utils.paths import REPO_ROOT
 
 FRAME_PX = 24
 TINY_MODEL = ["experiment=quickstart", "model.network.trunk=paper", "optics.pupil_grid=96",
-              "optics.z_range_um=[1.0,2.0]", f"simulation.frame_shape=[{FRAME_PX},{FRAME_PX}]", "model.network.channels=8",
-              "model.network.dilations=[1,2]"]
+              "optics.z_range_um=[1.0,2.0]", f"simulation.frame_shape=[{FRAME_PX},{FRAME_PX}]",
+              "model.network.channels=8", "model.network.dilations=[1,2]"]
 # Counts per 24 × 24 px field: 1 and 3 emitters per frame. MP on the first 2 frames, and only at 1.
 SWEEP = ["frames=4", "counts=[1,3]", f"reference_field_px={FRAME_PX}", "z_bins=2", "baseline_max_frames=2",
          "baseline_max_count=1", "mp.window=15", "threads=1"]
