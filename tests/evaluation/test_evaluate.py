@@ -17,11 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import hydra
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
+from helpers_checkpoints import FRAME_PX, TINY_MODEL, save_tiny_checkpoint
 from helpers_hydra import composed
 
 from dstorm3d.emitters import Emitters
@@ -39,25 +38,9 @@ from dstorm3d.evaluation.sweep import (
 from dstorm3d.modules.checkpoints import load_module
 from dstorm3d.utils.paths import REPO_ROOT
 
-FRAME_PX = 24
-TINY_MODEL = ["experiment=quickstart", "model.network.trunk=paper", "optics.pupil_grid=96",
-              "optics.z_range_um=[1.0,2.0]", f"simulation.frame_shape=[{FRAME_PX},{FRAME_PX}]",
-              "model.network.channels=8", "model.network.dilations=[1,2]"]
 # Counts per 24 × 24 px field: 1 and 3 emitters per frame. MP on the first 2 frames, and only at 1.
 SWEEP = ["frames=4", "counts=[1,3]", f"reference_field_px={FRAME_PX}", "z_bins=2", "baseline_max_frames=2",
          "baseline_max_count=1", "mp.window=15", "threads=1"]
-
-
-def save_tiny_checkpoint(path: Path, overrides: list[str], workdir: Path) -> Path:
-    """A freshly initialised LocalizerModule (as train.py instantiates it), saved as Lightning would."""
-    torch.manual_seed(0)
-    with composed("train.yaml", [*TINY_MODEL, *overrides], workdir) as cfg:
-        module = hydra.utils.instantiate(cfg.model, _convert_="all")
-    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                  "pytorch-lightning_version": pl.__version__, "epoch": 0, "global_step": 0}
-    module.on_save_checkpoint(checkpoint)
-    torch.save(checkpoint, path)
-    return path
 
 
 def run_evaluate(args: list[str], workdir: Path, expect: int = 0) -> subprocess.CompletedProcess:
