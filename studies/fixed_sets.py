@@ -39,7 +39,8 @@ KEYS = ("jaccard", "rmse_lat_nm", "rmse_ax_nm", "precision", "recall", "loss")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("ckpt", type=Path, help="a dstorm3d checkpoint (either head)")
-    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS), help="emitters per frame")
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS),
+                        help="emitters per frame")
     parser.add_argument("--frames", type=int, default=2048, help="frames per set")
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--blur", nargs="+", default=["checkpoint"],
@@ -72,11 +73,12 @@ def score_set(module: pl.LightningModule, simulation: dict[str, Any], counts: tu
     simulation = {**simulation, "emitters": {**simulation["emitters"], "count_range": list(counts)}}
     data = SimulatedDataModule(module.hparams["optics"], simulation, batch_size=args.batch_size,
                                test_samples=args.frames, seed=args.seed)
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False)
     scores = trainer.test(module, datamodule=data, verbose=False)[0]
     values = {key: float(scores[f"test/{key}"]) for key in KEYS}
-    return {key: value if math.isfinite(value) else None for key, value in values.items()}  # no match: no RMSE
+    # no matched pair gives no RMSE (NaN), written as null
+    return {key: value if math.isfinite(value) else None for key, value in values.items()}
 
 
 def _nm(value: float | None) -> str:
