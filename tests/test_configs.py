@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hydra
 import pytest
+import pytorch_lightning as pl
+import torch
 from helpers_hydra import EXPERIMENTS, composed
+from torch.utils.data import DataLoader, TensorDataset
 
 from dstorm3d.training import train
 
@@ -45,3 +48,38 @@ def test_both_heads_train_with_the_default_config(head, tmp_path):
         metrics = train(cfg)
     assert metrics["test/jaccard"] >= 0.0
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+class _ScoreFallsEveryEpoch(pl.LightningModule):
+    """A tiny module whose logged validation Jaccard only gets worse, as a diverging run's would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).square().mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/jaccard", 1.0 - 0.1 * self.current_epoch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_last_checkpoint_is_the_latest_state_when_the_score_stops_improving(tmp_path):
+    """The default callbacks: epoch_NNN.ckpt holds the best epoch, last.ckpt the latest one (Lightning ≥ 2.6
+    alone would leave last.ckpt a copy of the best checkpoint, and resuming from it would go back in time)."""
+    with composed("train.yaml", [], tmp_path) as cfg:
+        names = ("model_checkpoint", "last_checkpoint")
+        callbacks = [hydra.utils.instantiate(cfg.callbacks[name]) for name in names]
+    loader = DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2)
+    trainer = pl.Trainer(max_epochs=3, callbacks=callbacks, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.fit(_ScoreFallsEveryEpoch(), loader, loader)
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+    best = torch.load(folder / "epoch_000.ckpt", map_location="cpu", weights_only=True)
+    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
+    assert best["global_step"] == 2 and last["global_step"] == 6
+    assert trainer.checkpoint_callback is callbacks[0]  # train.py tests the best checkpoint
