@@ -4,11 +4,13 @@ The sets reproduce the conditions of the CPU prototype the quickstart is compare
 reference.md §6): the checkpoint's own frames (size, photons, background, camera), 1–3, 5 and 8 emitters
 per frame, 2,048 frames each (about 4,000 emitters in the 1–3 set: a Jaccard near 0.8 is then known to
 about ±0.007), seed 2024, 150 nm matching. What can be changed is what the prototype's
-description leaves open, the per-emitter blur and the phase mask:
+description leaves open, the per-emitter blur (σ in camera pixels); the phase mask is the checkpoint's
+(train with ``optics=storm_printed`` for the printed Tetrapod):
 
-    .venv/bin/python studies/fixed_sets.py logs/quickstart/runs/<run>/checkpoints/last.ckpt
-    .venv/bin/python studies/fixed_sets.py <ckpt> --blur none          # frames without the blur
-    .venv/bin/python studies/fixed_sets.py <ckpt> --blur 0.9 1.1       # σ uniform in [0.9, 1.1] px
+    CKPT=$(ls -t logs/quickstart/runs/*/checkpoints/epoch_*.ckpt | head -1)   # a run's best checkpoint
+    .venv/bin/python studies/fixed_sets.py $CKPT                      # its own blur
+    .venv/bin/python studies/fixed_sets.py $CKPT --blur none          # frames without the blur
+    .venv/bin/python studies/fixed_sets.py $CKPT --blur 0.9 1.1       # σ uniform in [0.9, 1.1] px
 
 Prints one table row per set (Jaccard, RMSE lateral / axial, precision, recall) and, with ``--out``,
 writes them as JSON. The frames depend on the seed, the set and the batch size (the module draws the
