@@ -27,6 +27,7 @@ the PSF tail beyond the window (see :func:`window_energy`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -39,6 +40,36 @@ def _pupil_box(setup: OpticalSetup) -> tuple[int, int]:
     """Half-width h and size K = 2h + 1 of the square that holds the aperture (centred at N//2)."""
     half = int(math.ceil(setup.pupil_radius_px))
     return half, 2 * half + 1
+
+
+class Workspace:
+    """Scratch tensors reused by the untracked (no-autograd) evaluation of emitters in chunks.
+
+    A renderer that evaluates its emitters chunk by chunk passes one workspace to every chunk, so each
+    large intermediate (pupil planes, folded planes, half-transformed planes, fields) is allocated once
+    per call instead of once per chunk. Fresh allocations of this size come from the operating system
+    zero-filled, page by page; reusing them measured ~20 % faster CPU rendering (2 cores, 121² frames).
+    A tensor returned by a method that was given a workspace is only valid until the next call that uses
+    the same workspace.
+    """
+
+    def __init__(self) -> None:
+        self._tensors: dict[str, Tensor] = {}
+
+    def remember(self, name: str, make: Callable[[], Tensor]) -> Tensor:
+        """``make()`` on first use, the same tensor afterwards (values shared by every chunk of a call)."""
+        if name not in self._tensors:
+            self._tensors[name] = make()
+        return self._tensors[name]
+
+    def take(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """An uninitialised tensor of ``shape`` with ``like``'s dtype and device, reused when possible."""
+        shape = tuple(shape)
+        held = self._tensors.get(name)
+        if held is None or held.shape != shape or held.dtype != like.dtype or held.device != like.device:
+            held = like.new_empty(shape)
+            self._tensors[name] = held
+        return held
 
 
 class PupilModel(nn.Module):
@@ -85,6 +116,8 @@ class PupilModel(nn.Module):
         # folded order of the box axes (frequency indices 0, 1 … h, −1 … −h) and its inverse
         fold = np.concatenate([np.arange(half, k), np.arange(half - 1, -1, -1)])
         self.register_buffer("_fold", torch.as_tensor(fold), persistent=False)
+        self.register_buffer("_kappa_folded", self.kappa[fold].clone(), persistent=False)
+        self.register_buffer("_frequency_index_folded", self.frequency_index[fold].clone(), persistent=False)
         self.register_buffer("_unfold", torch.as_tensor(np.argsort(fold)), persistent=False)
         self.register_buffer("amplitude", torch.as_tensor(amplitude, dtype=dtype), persistent=False)
         # The constant defocus phase only enters through exp(i·), so it is kept modulo 2π: smaller angles
@@ -129,41 +162,61 @@ class PupilModel(nn.Module):
         return field[:, self._unfold][:, :, self._unfold]
 
     def pupil_planes(self, z: Tensor, shift_px: Tensor | None = None, phase_mask: Tensor | None = None,
-                     amplitude_scale: Tensor | None = None) -> Tensor:
+                     amplitude_scale: Tensor | None = None, workspace: Workspace | None = None) -> Tensor:
         """The pupils of :meth:`pupil_field` as real and imaginary planes ``(2, E, K, K)``, both axes in
         *folded order* (frequency indices 0, 1 … h, −1 … −h; see :meth:`field_planes`). The phases are
-        summed as real numbers and turned into cos/sin once (one pass over the E × K × K pupils)."""
-        order = self._fold
+        summed as real numbers and turned into cos/sin once (one pass over the E × K × K pupils).
+        ``workspace`` (untracked evaluation only) supplies reusable scratch tensors (:class:`Workspace`)."""
         z = z.reshape(-1, 1, 1)
-        mask = self.mask_in_box(phase_mask)[order][:, order]
-        angle = torch.addcmul(mask + self._base_phase_folded, z, self._kz_sample_folded)
+        if workspace is None:
+            fixed = self.fixed_phase(phase_mask)
+        else:  # the same for every chunk of a call
+            fixed = workspace.remember("fixed_phase", lambda: self.fixed_phase(phase_mask))
+        tracked = _tracked(fixed, z) or (shift_px is not None and _tracked(shift_px))
+        if workspace is None or tracked:
+            angle = torch.addcmul(fixed, z, self._kz_sample_folded)
+        else:
+            angle = torch.addcmul(fixed, z, self._kz_sample_folded,
+                                  out=workspace.take("angle", (z.shape[0], *fixed.shape), fixed))
         if shift_px is not None:
-            ramps = self._ramp_angle(shift_px)[..., order]  # (E, 2, K)
+            ramps = self._ramp_angle(shift_px)  # (E, 2, K)
             if _tracked(angle, ramps):
                 angle = angle + ramps[:, 1].unsqueeze(2) + ramps[:, 0].unsqueeze(1)
             else:
                 angle.add_(ramps[:, 1].unsqueeze(2)).add_(ramps[:, 0].unsqueeze(1))
         magnitude = self._amplitude_folded
         if amplitude_scale is not None:
-            magnitude = magnitude * amplitude_scale.to(angle.dtype).reshape(-1, 1, 1)
+            scale = amplitude_scale.to(angle.dtype).reshape(-1, 1, 1)
+            if workspace is None or tracked or _tracked(scale):
+                magnitude = magnitude * scale
+            else:
+                magnitude = torch.mul(magnitude, scale, out=workspace.take("magnitude", angle.shape, angle))
         if self.has_decay:  # evanescent light beyond the critical angle (objective aperture only)
             magnitude = magnitude * torch.exp(-z.clamp_min(0) * self._decay_folded)
         if _tracked(angle, magnitude):
             return torch.stack([torch.cos(angle), torch.sin(angle)]) * magnitude
-        planes = angle.new_empty((2, *angle.shape))  # no graph to keep: write in place, fewer passes
+        # no graph to keep: write in place, fewer passes
+        shape = (2, *angle.shape)
+        planes = angle.new_empty(shape) if workspace is None else workspace.take("pupil", shape, angle)
         torch.cos(angle, out=planes[0])
         torch.sin(angle, out=planes[1])
         return planes.mul_(magnitude)
 
+    def fixed_phase(self, phase_mask: Tensor | None = None) -> Tensor:
+        """The depth-independent pupil phase ``(K, K)`` (rad), mask plus the focus term, in folded order."""
+        order = self._fold
+        return self.mask_in_box(phase_mask)[order][:, order] + self._base_phase_folded
+
     def _ramp_angle(self, shift_px: Tensor) -> Tensor:
-        """Phase −2π κ_k s (rad) of the ramps for shifts ``(E, 2)`` in pixels → ``(E, 2, K)``. The
+        """Phase −2π κ_k s (rad) of the ramps for shifts ``(E, 2)`` in pixels → ``(E, 2, K)``, k in folded
+        order. The
         whole-pixel part of s is reduced modulo the DFT period in integer arithmetic, so float32 keeps full
         precision far from the origin."""
         whole = torch.round(shift_px.detach())
         frac = shift_px - whole
         n = self.setup.pupil_grid
-        cycles = torch.remainder(whole.long().unsqueeze(-1) * self.frequency_index, n).to(frac.dtype) / n
-        return -2 * math.pi * (frac.unsqueeze(-1) * self.kappa + cycles)
+        cycles = torch.remainder(whole.long().unsqueeze(-1) * self._frequency_index_folded, n).to(frac.dtype)
+        return torch.addcmul(cycles / n, frac.unsqueeze(-1), self._kappa_folded).mul_(-2 * math.pi)
 
     # ------------------------------------------------------------------ transform
     def folded_dft_matrix(self, size: int) -> Tensor:
@@ -179,7 +232,7 @@ class PupilModel(nn.Module):
             cache[key] = torch.cat([torch.cos(angle), torch.sin(angle[1:])])
         return cache[key]
 
-    def field_planes(self, planes: Tensor, shape: tuple[int, int]) -> Tensor:
+    def field_planes(self, planes: Tensor, shape: tuple[int, int], workspace: Workspace | None = None) -> Tensor:
         """Camera fields ``(2, E, H, W)`` (real, imaginary) of pupils ``(2, E, K, K)`` in folded order, on
         an H × W pixel grid whose pixel ``(H//2, W//2)`` is the origin of the pupils' phase ramps.
 
@@ -187,6 +240,7 @@ class PupilModel(nn.Module):
         done as two matrix products. As W(±k, j) = C(k, j) ∓ i·S(k, j), each product first folds the
         pupil's +k and −k entries together (Σ_k W·X = C·(X₊ + X₋) − i·S·(X₊ − X₋)) and then multiplies by
         the real matrix [C; S] of :meth:`folded_dft_matrix`: half the arithmetic of a complex product.
+        ``workspace`` (untracked evaluation only) supplies reusable scratch tensors (:class:`Workspace`).
         """
         height, width = shape
         if max(height, width) > self.setup.pupil_grid:
@@ -197,20 +251,28 @@ class PupilModel(nn.Module):
         rows = cols if height == width else self.folded_dft_matrix(height)
         # the optics stays in the pupil's precision under mixed-precision training (no bf16 products)
         with torch.autocast(planes.device.type, enabled=False):
-            half_planes = self._fold_pairs(planes, -1) @ cols  # (2, E, K, W): Σ over kx
-            return rows.transpose(0, 1) @ self._fold_pairs(half_planes, -2)  # (2, E, H, W): Σ over ky
+            if workspace is None or _tracked(planes):
+                half_planes = self._fold_pairs(planes, -1) @ cols  # (2, E, K, W): Σ over kx
+                return rows.transpose(0, 1) @ self._fold_pairs(half_planes, -2)  # (2, E, H, W): Σ over ky
+            two, count, size, _ = planes.shape
+            half_planes = workspace.take("half", (two, count, size, width), planes)
+            fields = workspace.take("field", (two, count, height, width), planes)
+            torch.matmul(self._fold_pairs(planes, -1, workspace.take("fold_x", planes.shape, planes)), cols,
+                         out=half_planes)
+            folded = self._fold_pairs(half_planes, -2, workspace.take("fold_y", half_planes.shape, planes))
+            return torch.matmul(rows.transpose(0, 1), folded, out=fields)
 
-    def _fold_pairs(self, planes: Tensor, dim: int) -> Tensor:
+    def _fold_pairs(self, planes: Tensor, dim: int, out: Tensor | None = None) -> Tensor:
         """Fold (real, imag) planes ``(2, …)`` along ``dim`` (folded order) for the [C; S] product:
         real → [X_r(0), X_r(+k) + X_r(−k), X_i(+k) − X_i(−k)], imag → [X_i(0), X_i(+k) + X_i(−k),
-        −(X_r(+k) − X_r(−k))]."""
+        −(X_r(+k) − X_r(−k))]. Untracked folds are written into ``out`` when given."""
         h = self.box_half
         positive, negative = planes.narrow(dim, 1, h), planes.narrow(dim, h + 1, h)
         if _tracked(planes):
             sign = torch.tensor([1.0, -1.0], dtype=planes.dtype, device=planes.device)
             swapped = (positive - negative).flip(0) * sign.reshape(2, *[1] * (planes.ndim - 1))
             return torch.cat([planes.narrow(dim, 0, 1), positive + negative, swapped], dim)
-        folded = torch.empty_like(planes)  # no graph to keep: write each block in place
+        folded = torch.empty_like(planes) if out is None else out  # no graph to keep: write blocks in place
         folded.narrow(dim, 0, 1).copy_(planes.narrow(dim, 0, 1))
         torch.add(positive, negative, out=folded.narrow(dim, 1, h))
         swapped = folded.narrow(dim, h + 1, h)
@@ -232,7 +294,8 @@ class PupilModel(nn.Module):
 
     # ------------------------------------------------------------------ PSFs on pixel grids
     def psf_on_grid(self, xyz_um: Tensor, corner: Tensor, shape: tuple[int, int],
-                    phase_mask: Tensor | None = None, photons: Tensor | None = None) -> Tensor:
+                    phase_mask: Tensor | None = None, photons: Tensor | None = None,
+                    workspace: Workspace | None = None) -> Tensor:
         """PSFs (intensity per photon, or expected photons per pixel) of emitters on pixel grids.
 
         Args:
@@ -242,6 +305,8 @@ class PupilModel(nn.Module):
             phase_mask: optional ``(N, N)`` mask overriding the pupil's own.
             photons: optional ``(E,)`` photon counts; the result is then in photons per pixel (the count
                 enters the pupil amplitude as √photons unless a gradient w.r.t. the photons is needed).
+            workspace: reusable scratch tensors for untracked evaluation (:class:`Workspace`); the result
+                then lives in the workspace and is overwritten by its next use.
         Returns:
             ``(E, H, W)``; entry [e, i, j] is the intensity at the centre of frame pixel corner_e + (i, j).
         """
@@ -254,7 +319,8 @@ class PupilModel(nn.Module):
         # w.r.t. the photons is wanted
         in_amplitude = photons is not None and not photons.requires_grad
         scale = (photons.to(xyz_um.dtype) / self.energy_norm).sqrt() if in_amplitude else None
-        planes = self.field_planes(self.pupil_planes(xyz_um[:, 2], shift, phase_mask, amplitude_scale=scale), shape)
+        pupils = self.pupil_planes(xyz_um[:, 2], shift, phase_mask, amplitude_scale=scale, workspace=workspace)
+        planes = self.field_planes(pupils, shape, workspace)
         if _tracked(planes):
             power = torch.addcmul(planes[0].square(), planes[1], planes[1])  # |E|²
         else:

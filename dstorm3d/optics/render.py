@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from .pupil import PupilModel
+from .pupil import PupilModel, Workspace
 
 
 def intensity_filter(shape: tuple[int, int], sigma_px: Tensor | None, pixel_integration: bool,
@@ -137,13 +137,15 @@ def render_frames(pupil: PupilModel, xyz_um: Tensor, photons: Tensor, frame_inde
     canvas = None if window is None else patch_canvas(xyz_um, n_frames, frame_shape, window)
     transfer = None if per_emitter_sigma else intensity_filter(grid, sigma, pixel_integration, dtype, device)
     frame_corner = torch.tensor([-margin, -margin], device=device)  # whole frames: the grid's top-left pixel
+    workspace = Workspace()  # scratch tensors shared by the chunks (used only without autograd)
     for start in range(0, xyz_um.shape[0], size):
         part = slice(start, start + size)
         xyz = xyz_um[part]
         if per_emitter_sigma:
             transfer = intensity_filter(grid, sigma[part], pixel_integration, dtype, device)
         corner = frame_corner if window is None else pupil.window_corner(xyz, window)
-        psf = _filtered(pupil.psf_on_grid(xyz, corner, grid, phase_mask, photons=photons[part]), transfer)
+        psf = _filtered(pupil.psf_on_grid(xyz, corner, grid, phase_mask, photons=photons[part],
+                                                  workspace=workspace), transfer)
         if canvas is None:
             frames.index_add_(0, frame_index[part].long(), psf[:, margin:margin + height, margin:margin + width])
         else:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dstorm3d.optics.masks import tetrapod_mask
-from dstorm3d.optics.pupil import PupilModel
+from dstorm3d.optics.pupil import PupilModel, Workspace
 from dstorm3d.optics.render import render_frames
 from dstorm3d.optics.setup import storm_setup
 
@@ -131,18 +131,30 @@ def test_rendering_runs_on_the_pupils_device_and_dtype():
     assert empty.shape == (2, 32, 32) and not empty.any()
 
 
-def test_rendering_with_and_without_autograd_is_identical(pupil64):
-    """The no-gradient path writes its intermediate planes in place; the values must not change."""
+@pytest.mark.parametrize("chunk", [None, 6])
+def test_rendering_with_and_without_autograd_is_identical(pupil64, chunk):
+    """The no-gradient path writes its intermediate planes in place, into scratch tensors that every chunk
+    reuses (chunks of 6, 6, 6, 2 emitters); the values must not change."""
     torch.manual_seed(3)
     dtype = pupil64.kappa.dtype
     xyz = torch.stack([torch.rand(20) * 3.5, torch.rand(20) * 3.5, torch.rand(20) * 4.0], dim=1).to(dtype)
     photons = torch.full((20,), 5000.0, dtype=dtype)
     frames = torch.arange(20) % 2
     with torch.no_grad():
-        plain = render_frames(pupil64, xyz, photons, frames, 2, (32, 32))
-    tracked = render_frames(pupil64, xyz.clone().requires_grad_(True), photons, frames, 2, (32, 32))
+        plain = render_frames(pupil64, xyz, photons, frames, 2, (32, 32), chunk=chunk)
+    tracked = render_frames(pupil64, xyz.clone().requires_grad_(True), photons, frames, 2, (32, 32), chunk=chunk)
     assert tracked.requires_grad
     torch.testing.assert_close(tracked.detach(), plain, rtol=0, atol=0)
+
+
+def test_workspace_reuses_a_tensor_only_for_the_same_shape_dtype_and_device():
+    workspace = Workspace()
+    like = torch.zeros(1)
+    first = workspace.take("planes", (2, 3), like)
+    assert workspace.take("planes", (2, 3), like) is first
+    assert workspace.take("planes", (2, 4), like).shape == (2, 4)
+    assert workspace.take("planes", (2, 4), like.double()).dtype == torch.float64
+    assert workspace.take("other", (2, 4), like) is not workspace.take("planes", (2, 4), like)
 
 
 def test_rendering_ignores_mixed_precision_autocast():
