@@ -232,7 +232,8 @@ class PupilModel(nn.Module):
             cache[key] = torch.cat([torch.cos(angle), torch.sin(angle[1:])])
         return cache[key]
 
-    def field_planes(self, planes: Tensor, shape: tuple[int, int], workspace: Workspace | None = None) -> Tensor:
+    def field_planes(self, planes: Tensor, shape: tuple[int, int],
+                     workspace: Workspace | None = None) -> Tensor:
         """Camera fields ``(2, E, H, W)`` (real, imaginary) of pupils ``(2, E, K, K)`` in folded order, on
         an H × W pixel grid whose pixel ``(H//2, W//2)`` is the origin of the pupils' phase ramps.
 
@@ -319,7 +320,7 @@ class PupilModel(nn.Module):
         # w.r.t. the photons is wanted
         in_amplitude = photons is not None and not photons.requires_grad
         scale = (photons.to(xyz_um.dtype) / self.energy_norm).sqrt() if in_amplitude else None
-        pupils = self.pupil_planes(xyz_um[:, 2], shift, phase_mask, amplitude_scale=scale, workspace=workspace)
+        pupils = self.pupil_planes(xyz_um[:, 2], shift, phase_mask, scale, workspace)
         planes = self.field_planes(pupils, shape, workspace)
         if _tracked(planes):
             power = torch.addcmul(planes[0].square(), planes[1], planes[1])  # |E|²

@@ -142,7 +142,8 @@ def test_rendering_with_and_without_autograd_is_identical(pupil64, chunk):
     frames = torch.arange(20) % 2
     with torch.no_grad():
         plain = render_frames(pupil64, xyz, photons, frames, 2, (32, 32), chunk=chunk)
-    tracked = render_frames(pupil64, xyz.clone().requires_grad_(True), photons, frames, 2, (32, 32), chunk=chunk)
+    tracked = render_frames(pupil64, xyz.clone().requires_grad_(True), photons, frames, 2, (32, 32),
+                            chunk=chunk)
     assert tracked.requires_grad
     torch.testing.assert_close(tracked.detach(), plain, rtol=0, atol=0)
 
