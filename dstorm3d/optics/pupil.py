@@ -165,42 +165,42 @@ class PupilModel(nn.Module):
                      amplitude_scale: Tensor | None = None, workspace: Workspace | None = None) -> Tensor:
         """The pupils of :meth:`pupil_field` as real and imaginary planes ``(2, E, K, K)``, both axes in
         *folded order* (frequency indices 0, 1 … h, −1 … −h; see :meth:`field_planes`). The phases are
-        summed as real numbers and turned into cos/sin once (one pass over the E × K × K pupils).
-        ``workspace`` (untracked evaluation only) supplies reusable scratch tensors (:class:`Workspace`)."""
+        summed as real numbers and turned into cos/sin once (one pass over the E × K × K pupils). Without
+        autograd everything happens in place in the result (the phase is summed in the imaginary plane);
+        ``workspace`` then supplies that tensor (:class:`Workspace`)."""
         z = z.reshape(-1, 1, 1)
         if workspace is None:
             fixed = self.fixed_phase(phase_mask)
         else:  # the same for every chunk of a call
             fixed = workspace.remember("fixed_phase", lambda: self.fixed_phase(phase_mask))
-        tracked = _tracked(fixed, z) or (shift_px is not None and _tracked(shift_px))
-        if workspace is None or tracked:
+        ramps = None if shift_px is None else self._ramp_angle(shift_px)  # (E, 2, K)
+        scale = None if amplitude_scale is None else amplitude_scale.to(fixed.dtype).reshape(-1, 1, 1)
+        if _tracked(fixed, z, *(t for t in (ramps, scale) if t is not None)):
             angle = torch.addcmul(fixed, z, self._kz_sample_folded)
-        else:
-            angle = torch.addcmul(fixed, z, self._kz_sample_folded,
-                                  out=workspace.take("angle", (z.shape[0], *fixed.shape), fixed))
-        if shift_px is not None:
-            ramps = self._ramp_angle(shift_px)  # (E, 2, K)
-            if _tracked(angle, ramps):
+            if ramps is not None:
                 angle = angle + ramps[:, 1].unsqueeze(2) + ramps[:, 0].unsqueeze(1)
-            else:
-                angle.add_(ramps[:, 1].unsqueeze(2)).add_(ramps[:, 0].unsqueeze(1))
-        magnitude = self._amplitude_folded
-        if amplitude_scale is not None:
-            scale = amplitude_scale.to(angle.dtype).reshape(-1, 1, 1)
-            if workspace is None or tracked or _tracked(scale):
-                magnitude = magnitude * scale
-            else:
-                magnitude = torch.mul(magnitude, scale, out=workspace.take("magnitude", angle.shape, angle))
-        if self.has_decay:  # evanescent light beyond the critical angle (objective aperture only)
-            magnitude = magnitude * torch.exp(-z.clamp_min(0) * self._decay_folded)
-        if _tracked(angle, magnitude):
+            magnitude = self._amplitude_folded if scale is None else self._amplitude_folded * scale
+            if self.has_decay:
+                magnitude = magnitude * self._evanescent_decay(z)
             return torch.stack([torch.cos(angle), torch.sin(angle)]) * magnitude
-        # no graph to keep: write in place, fewer passes
-        shape = (2, *angle.shape)
-        planes = angle.new_empty(shape) if workspace is None else workspace.take("pupil", shape, angle)
+        # no graph to keep: one (2, E, K, K) tensor, every step in place
+        shape = (2, z.shape[0], *fixed.shape)
+        planes = fixed.new_empty(shape) if workspace is None else workspace.take("pupil", shape, fixed)
+        angle = torch.addcmul(fixed, z, self._kz_sample_folded, out=planes[1])
+        if ramps is not None:
+            angle.add_(ramps[:, 1].unsqueeze(2)).add_(ramps[:, 0].unsqueeze(1))
         torch.cos(angle, out=planes[0])
-        torch.sin(angle, out=planes[1])
-        return planes.mul_(magnitude)
+        angle.sin_()
+        planes.mul_(self._amplitude_folded)
+        if scale is not None:
+            planes.mul_(scale)
+        if self.has_decay:
+            planes.mul_(self._evanescent_decay(z))
+        return planes
+
+    def _evanescent_decay(self, z: Tensor) -> Tensor:
+        """Amplitude factor ``(E, K, K)`` of light beyond the critical angle (objective aperture only)."""
+        return torch.exp(-z.clamp_min(0) * self._decay_folded)
 
     def fixed_phase(self, phase_mask: Tensor | None = None) -> Tensor:
         """The depth-independent pupil phase ``(K, K)`` (rad), mask plus the focus term, in folded order."""
@@ -241,7 +241,8 @@ class PupilModel(nn.Module):
         done as two matrix products. As W(±k, j) = C(k, j) ∓ i·S(k, j), each product first folds the
         pupil's +k and −k entries together (Σ_k W·X = C·(X₊ + X₋) − i·S·(X₊ − X₋)) and then multiplies by
         the real matrix [C; S] of :meth:`folded_dft_matrix`: half the arithmetic of a complex product.
-        ``workspace`` (untracked evaluation only) supplies reusable scratch tensors (:class:`Workspace`).
+        With a ``workspace`` (untracked evaluation only) the intermediates are its reusable tensors and
+        ``planes`` itself is folded in place (:class:`Workspace`).
         """
         height, width = shape
         if max(height, width) > self.setup.pupil_grid:
@@ -256,30 +257,37 @@ class PupilModel(nn.Module):
                 half_planes = self._fold_pairs(planes, -1) @ cols  # (2, E, K, W): Σ over kx
                 return rows.transpose(0, 1) @ self._fold_pairs(half_planes, -2)  # (2, E, H, W): Σ over ky
             two, count, size, _ = planes.shape
+            h = self.box_half
             half_planes = workspace.take("half", (two, count, size, width), planes)
             fields = workspace.take("field", (two, count, height, width), planes)
-            torch.matmul(self._fold_pairs(planes, -1, workspace.take("fold_x", planes.shape, planes)), cols,
-                         out=half_planes)
-            folded = self._fold_pairs(half_planes, -2, workspace.take("fold_y", half_planes.shape, planes))
-            return torch.matmul(rows.transpose(0, 1), folded, out=fields)
+            self._fold_pairs_in_place(planes, -1, workspace.take("fold_x", (count, size, h), planes))
+            torch.matmul(planes, cols, out=half_planes)
+            self._fold_pairs_in_place(half_planes, -2, workspace.take("fold_y", (count, h, width), planes))
+            return torch.matmul(rows.transpose(0, 1), half_planes, out=fields)
 
-    def _fold_pairs(self, planes: Tensor, dim: int, out: Tensor | None = None) -> Tensor:
+    def _fold_pairs(self, planes: Tensor, dim: int) -> Tensor:
         """Fold (real, imag) planes ``(2, …)`` along ``dim`` (folded order) for the [C; S] product:
         real → [X_r(0), X_r(+k) + X_r(−k), X_i(+k) − X_i(−k)], imag → [X_i(0), X_i(+k) + X_i(−k),
-        −(X_r(+k) − X_r(−k))]. Untracked folds are written into ``out`` when given."""
+        −(X_r(+k) − X_r(−k))]."""
+        if not _tracked(planes):
+            return self._fold_pairs_in_place(planes.clone(), dim)
         h = self.box_half
         positive, negative = planes.narrow(dim, 1, h), planes.narrow(dim, h + 1, h)
-        if _tracked(planes):
-            sign = torch.tensor([1.0, -1.0], dtype=planes.dtype, device=planes.device)
-            swapped = (positive - negative).flip(0) * sign.reshape(2, *[1] * (planes.ndim - 1))
-            return torch.cat([planes.narrow(dim, 0, 1), positive + negative, swapped], dim)
-        folded = torch.empty_like(planes) if out is None else out  # no graph to keep: write blocks in place
-        folded.narrow(dim, 0, 1).copy_(planes.narrow(dim, 0, 1))
-        torch.add(positive, negative, out=folded.narrow(dim, 1, h))
-        swapped = folded.narrow(dim, h + 1, h)
-        torch.sub(positive[1], negative[1], out=swapped[0])
-        torch.sub(negative[0], positive[0], out=swapped[1])
-        return folded
+        sign = torch.tensor([1.0, -1.0], dtype=planes.dtype, device=planes.device)
+        swapped = (positive - negative).flip(0) * sign.reshape(2, *[1] * (planes.ndim - 1))
+        return torch.cat([planes.narrow(dim, 0, 1), positive + negative, swapped], dim)
+
+    def _fold_pairs_in_place(self, planes: Tensor, dim: int, scratch: Tensor | None = None) -> Tensor:
+        """:meth:`_fold_pairs` overwriting ``planes`` (no autograd), with ``scratch`` shaped like one plane's
+        +k block as temporary storage. Returns ``planes``."""
+        h = self.box_half
+        positive, negative = planes.narrow(dim, 1, h), planes.narrow(dim, h + 1, h)
+        difference = torch.sub(positive[1], negative[1], out=scratch)  # X_i(+k) − X_i(−k), for the real plane
+        positive[1].add_(negative[1])
+        torch.sub(negative[0], positive[0], out=negative[1])
+        positive[0].add_(negative[0])
+        negative[0].copy_(difference)
+        return planes
 
     def fields_on_grid(self, pupil: Tensor, shape: tuple[int, int]) -> Tensor:
         """Complex camera fields ``(E, H, W)`` of complex pupils ``(E, K, K)`` (natural order; see

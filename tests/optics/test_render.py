@@ -148,6 +148,17 @@ def test_rendering_with_and_without_autograd_is_identical(pupil64, chunk):
     torch.testing.assert_close(tracked.detach(), plain, rtol=0, atol=0)
 
 
+def test_objective_aperture_rendering_with_and_without_autograd_agrees():
+    """Beyond the critical angle the pupil amplitude decays with depth; the in-place path applies it too."""
+    pupil = PupilModel(storm_setup(aperture="objective"), tetrapod_mask(SETUP), dtype=torch.float64)
+    assert pupil.has_decay
+    xyz, photons, frames = random_emitters(2, (32, 32), 5, seed=4)
+    with torch.no_grad():
+        plain = render_frames(pupil, xyz, photons, frames, 2, (32, 32), chunk=3)
+    tracked = render_frames(pupil, xyz.clone().requires_grad_(True), photons, frames, 2, (32, 32), chunk=3)
+    torch.testing.assert_close(tracked.detach(), plain, rtol=1e-12, atol=1e-12 * float(plain.max()))
+
+
 def test_workspace_reuses_a_tensor_only_for_the_same_shape_dtype_and_device():
     workspace = Workspace()
     like = torch.zeros(1)
