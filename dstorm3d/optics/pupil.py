@@ -46,11 +46,11 @@ class Workspace:
     """Scratch tensors reused by the untracked (no-autograd) evaluation of emitters in chunks.
 
     A renderer that evaluates its emitters chunk by chunk passes one workspace to every chunk, so each
-    large intermediate (pupil planes, folded planes, half-transformed planes, fields) is allocated once
-    per call instead of once per chunk. Fresh allocations of this size come from the operating system
-    zero-filled, page by page; reusing them measured ~20 % faster CPU rendering (2 cores, 121² frames).
-    A tensor returned by a method that was given a workspace is only valid until the next call that uses
-    the same workspace.
+    large intermediate (pupil planes, half-transformed planes, fields) is allocated once per call instead
+    of once per chunk, and the chunks keep reusing memory that is still in cache. With the in-place steps
+    of :meth:`PupilModel.pupil_planes` and :meth:`PupilModel.field_planes` this made exact CPU rendering
+    of 121² frames 22 % faster (2 cores; reuse alone: 5 %). A tensor returned by a method that was given
+    a workspace is only valid until the next call that uses the same workspace.
     """
 
     def __init__(self) -> None:
@@ -209,9 +209,8 @@ class PupilModel(nn.Module):
 
     def _ramp_angle(self, shift_px: Tensor) -> Tensor:
         """Phase −2π κ_k s (rad) of the ramps for shifts ``(E, 2)`` in pixels → ``(E, 2, K)``, k in folded
-        order. The
-        whole-pixel part of s is reduced modulo the DFT period in integer arithmetic, so float32 keeps full
-        precision far from the origin."""
+        order. The whole-pixel part of s is reduced modulo the DFT period in integer arithmetic, so float32
+        keeps full precision far from the origin."""
         whole = torch.round(shift_px.detach())
         frac = shift_px - whole
         n = self.setup.pupil_grid

@@ -144,8 +144,8 @@ def render_frames(pupil: PupilModel, xyz_um: Tensor, photons: Tensor, frame_inde
         if per_emitter_sigma:
             transfer = intensity_filter(grid, sigma[part], pixel_integration, dtype, device)
         corner = frame_corner if window is None else pupil.window_corner(xyz, window)
-        psf = _filtered(pupil.psf_on_grid(xyz, corner, grid, phase_mask, photons=photons[part],
-                                                  workspace=workspace), transfer)
+        psf = pupil.psf_on_grid(xyz, corner, grid, phase_mask, photons=photons[part], workspace=workspace)
+        psf = _filtered(psf, transfer)
         if canvas is None:
             frames.index_add_(0, frame_index[part].long(), psf[:, margin:margin + height, margin:margin + width])
         else:
