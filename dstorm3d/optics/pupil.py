@@ -112,12 +112,12 @@ class PupilModel(nn.Module):
             return torch.as_tensor(np.where(amplitude > 0, a, 0.0), dtype=dtype)
 
         self.register_buffer("kappa", torch.as_tensor(kappa, dtype=dtype), persistent=False)
-        self.register_buffer("frequency_index", torch.arange(-half, half + 1), persistent=False)  # k − N//2
         # folded order of the box axes (frequency indices 0, 1 … h, −1 … −h) and its inverse
         fold = np.concatenate([np.arange(half, k), np.arange(half - 1, -1, -1)])
         self.register_buffer("_fold", torch.as_tensor(fold), persistent=False)
-        self.register_buffer("_kappa_folded", self.kappa[fold].clone(), persistent=False)
-        self.register_buffer("_frequency_index_folded", self.frequency_index[fold].clone(), persistent=False)
+        # the phase ramps' frequencies in folded order: index k − N//2 and κ (cycles per camera pixel)
+        self.register_buffer("_frequency_index_folded", torch.as_tensor(fold - half), persistent=False)
+        self.register_buffer("_kappa_folded", self.kappa[fold], persistent=False)
         self.register_buffer("_unfold", torch.as_tensor(np.argsort(fold)), persistent=False)
         self.register_buffer("amplitude", torch.as_tensor(amplitude, dtype=dtype), persistent=False)
         # The constant defocus phase only enters through exp(i·), so it is kept modulo 2π: smaller angles
