@@ -17,6 +17,10 @@ fraction of its photons a window keeps is the mean over z of ``window_energy``),
 measured in the same run, the straightforward renderer: each emitter's pupil zero-padded to N × N, one
 full ``torch.fft`` per emitter, and the frame cropped from the period. Speed-ups are baseline time over
 renderer time on the same device.
+
+It also measures the training-data pipeline as training runs it: ``EmitterDataset`` items (numpy
+sampling per index) drawn in DataLoader workers and collated there, the batch moved to the device, and
+``FrameSimulator`` rendering it exactly with the same camera, for each worker count asked for.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from common import (Timing, default_report_path, machine_info, markdown_table, print_results, time_call,
                     write_report)
@@ -40,6 +45,7 @@ from dstorm3d.optics.setup import OpticalSetup, storm_setup
 from dstorm3d.simulation.background import background_from_config
 from dstorm3d.simulation.camera import ReadoutCamera
 from dstorm3d.simulation.sampling import EmitterSampler
+from dstorm3d.simulation.simulator import EmitterDataset, FrameSimulator, collate_samples, simulation_parts
 
 BENCHMARK = "simulation"
 BASELINE = "FFT per emitter (baseline)"
@@ -195,6 +201,82 @@ def measure_device(device: torch.device, args: argparse.Namespace, setup: Optica
     return rows
 
 
+@dataclass
+class PipelineRow:
+    device: str
+    workers: int
+    frames_per_batch: int
+    batches_per_call: int
+    timing: Timing
+
+    @property
+    def frames_per_call(self) -> int:
+        return self.frames_per_batch * self.batches_per_call
+
+
+def simulation_config(args: argparse.Namespace) -> dict:
+    """The ``simulation`` config of the benchmark's frames (exact rendering, the paper's camera)."""
+    level = {"level": list(args.background_level)} if args.background == "uniform" else {}
+    return {"frame_shape": [args.frame_size, args.frame_size],
+            "emitters": {"count_range": list(args.emitters)},
+            "background": {"kind": args.background, **level}, "camera": {"kind": "readout"},
+            "render_window": None}
+
+
+def measure_pipeline(device: torch.device, args: argparse.Namespace, setup: OpticalSetup, mask: np.ndarray,
+                     workers: int) -> PipelineRow:
+    """The training-data path: items sampled in ``workers`` DataLoader workers, collated, moved to the
+    device, rendered there by ``FrameSimulator``. A timed call renders ``--pipeline-batches`` batches, so
+    that batches arriving in bursts from the workers average out within a call.
+
+    Before any call the batches the workers queued while the device warmed up (``2 × workers``, the
+    DataLoader's prefetch) are drained untimed, so the timed calls see the steady state:
+    production-limited or rendering-limited, as it is.
+    """
+    simulation = simulation_config(args)
+    n_frames = args.batch_gpu if device.type == "cuda" else args.batch_cpu
+    sampler, background = simulation_parts(simulation, setup)
+    simulator = FrameSimulator(setup, mask, simulation).to(device)
+    drained = 2 * workers
+    n_batches = drained + args.pipeline_batches * (args.warmup + args.repeats)
+    dataset = EmitterDataset(sampler, background, n_batches * n_frames, args.seed)
+    loader = DataLoader(dataset, batch_size=n_frames, num_workers=workers, collate_fn=collate_samples,
+                        pin_memory=device.type == "cuda")
+    batches = iter(loader)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+
+    def render_next() -> Tensor:
+        batch = {key: value.to(device, non_blocking=True) for key, value in next(batches).items()}
+        return simulator(batch, generator)
+
+    def call() -> None:
+        for _ in range(args.pipeline_batches):
+            render_next()
+
+    with torch.inference_mode():
+        for _ in range(drained):
+            render_next()
+        timing = time_call(call, device, args.warmup, args.repeats)
+    del batches  # stops the workers
+    frames_per_call = n_frames * args.pipeline_batches
+    print(f"  {device.type:4s} training-data pipeline, {workers:2d} workers      "
+          f"{timing.rate_text(frames_per_call):>14s} frames/s", file=sys.stderr, flush=True)
+    return PipelineRow(device.type, workers, n_frames, args.pipeline_batches, timing)
+
+
+def pipeline_table(rows: Sequence[PipelineRow], exact: dict[str, Row]) -> str:
+    """One line per device × worker count, against the same device's exact rendering alone."""
+    table = []
+    for row in rows:
+        alone = exact[row.device]
+        ratio = row.timing.rate(row.frames_per_call) / alone.render.rate(alone.frames_per_call)
+        table.append([row.device, row.workers, row.frames_per_batch, row.batches_per_call,
+                      row.timing.rate_text(row.frames_per_call), f"{ratio:.2f}"])
+    headers = ["device", "DataLoader workers", "frames/batch", "batches/call",
+               "training-data pipeline (frames/s)", "vs exact rendering alone"]
+    return markdown_table(headers, table, align_right=[False] + [True] * 5)
+
+
 def results_table(rows: Sequence[Row]) -> str:
     """One line per device × renderer, speed-ups against the same device's baseline."""
     baselines = {row.device: row for row in rows if row.spec.baseline}
@@ -236,15 +318,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="background of the full simulation (the paper's STORM frames have none)")
     parser.add_argument("--background-level", type=float, nargs=2, default=[20.0, 150.0],
                         help="level range of --background uniform (photons/px)")
+    parser.add_argument("--workers-cpu", type=int, nargs="*", default=[0],
+                        help="DataLoader worker counts of the training-data pipeline on the CPU (none: skip)")
+    parser.add_argument("--workers-gpu", type=int, nargs="*", default=[4, 8],
+                        help="DataLoader worker counts of the training-data pipeline on the GPU (none: skip)")
+    parser.add_argument("--pipeline-batches", type=int, default=8,
+                        help="batches per timed call of the training-data pipeline")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", nargs="?", const=default_report_path(BENCHMARK), default=None, type=Path,
                         help="also write a markdown report (no path: results/simulation_<host>.md)")
     args = parser.parse_args(argv)
     if "cuda" in args.devices and not cuda:
         parser.error("--devices cuda: CUDA is not available")
-    sizes = (args.batch_cpu, args.batch_gpu, args.repeats, args.baseline_chunk_cpu, args.baseline_chunk_gpu)
+    sizes = (args.batch_cpu, args.batch_gpu, args.repeats, args.baseline_chunk_cpu, args.baseline_chunk_gpu,
+             args.pipeline_batches)
     if min(sizes) < 1:
-        parser.error("batch sizes, chunks and --repeats must be at least 1")
+        parser.error("batch sizes, chunks, --repeats and --pipeline-batches must be at least 1")
+    if min(args.workers_cpu + args.workers_gpu, default=0) < 0:
+        parser.error("--workers-cpu / --workers-gpu must be 0 or more")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be at least 1")
     return args
@@ -262,13 +353,21 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     notes: list[str] = []
     rows: list[Row] = []
+    pipeline_rows: list[PipelineRow] = []
     for name in args.devices:
         print(f"measuring on {name} ...", file=sys.stderr, flush=True)
-        rows += measure_device(torch.device(name), args, setup, mask, fractions, notes)
+        device = torch.device(name)
+        rows += measure_device(device, args, setup, mask, fractions, notes)
+        for workers in args.workers_gpu if device.type == "cuda" else args.workers_cpu:
+            pipeline_rows.append(measure_pipeline(device, args, setup, mask, workers))
 
     table = results_table(rows)
+    tables = {"Frames per second": table}
+    if pipeline_rows:
+        exact = {row.device: row for row in rows if row.spec.window is None and not row.spec.baseline}
+        tables["Training-data pipeline"] = pipeline_table(pipeline_rows, exact)
     machine = machine_info()
-    print_results([table], machine, notes)
+    print_results(list(tables.values()), machine, notes)
     if args.out is not None:
         settings = {
             "setup": f"{setup.name} (N = {setup.pupil_grid}, {setup.pixel_size_um * 1e3:.0f} nm pixels, z "
@@ -280,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "baseline FFT chunk (CPU / GPU)": f"{args.baseline_chunk_cpu} / {args.baseline_chunk_gpu} "
                                               "emitters",
             "warm-up / timed calls": f"{args.warmup} / {args.repeats} (median; ± is half the relative range)",
+            "training-data pipeline": f"{args.pipeline_batches} batches per call; 2 × workers batches "
+                                      "drained untimed first; pinned memory on CUDA",
             "seed": args.seed,
         }
         notes = notes + [
@@ -289,8 +390,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             "Photons kept: mean over uniform z of the fraction of an emitter's photons inside its window "
             "(`window_energy`); the whole-frame mode and the baseline are exact.",
             "Speed-ups: the same device's baseline median time over the renderer's.",
+            "Training-data pipeline: as training runs it. `EmitterDataset` items (the same sampler, one "
+            "numpy generator per index) are drawn and collated in DataLoader workers; each batch is moved to "
+            "the device and rendered exactly by `FrameSimulator` with the same camera. 0 workers: all in "
+            "this process.",
         ]
-        tables = {"Frames per second": table}
         path = write_report(args.out, "Simulation throughput", tables, machine, settings, notes)
         print(f"wrote {path}")
 

@@ -111,28 +111,27 @@ def collate_samples(items: Sequence[Mapping[str, np.ndarray]]) -> dict[str, Tens
     """Pad a list of :class:`EmitterDataset` items into a batch of tensors.
 
     Keys: ``xyz (B, M, 3)``, ``photons (B, M)``, ``valid (B, M)``, ``labelled (B, M)``,
-    ``blur_sigma (B, M)`` (if any), ``background (B, H, W)``, ``index (B,)``.
+    ``blur_sigma (B, M)`` (if any), ``background (B, H, W)``, ``index (B,)``. The padding is done in
+    numpy and each key becomes a tensor once (this runs in the DataLoader workers, per batch).
     """
-    counts = [len(it["photons"]) for it in items]
-    b, m = len(items), max(counts, default=0)
-    xyz = torch.zeros(b, m, 3)
-    photons = torch.zeros(b, m)
-    valid = torch.zeros(b, m, dtype=torch.bool)
-    labelled = torch.zeros(b, m, dtype=torch.bool)
+    counts = np.array([len(it["photons"]) for it in items], dtype=np.int64)
+    b, m = len(items), int(counts.max(initial=0))
+    valid = np.arange(m) < counts[:, None]  # (B, M): item i fills its first counts[i] slots
     has_blur = "blur_sigma" in items[0]
-    blur = torch.zeros(b, m) if has_blur else None
-    for i, (it, n) in enumerate(zip(items, counts)):
-        xyz[i, :n] = torch.from_numpy(it["xyz"])
-        photons[i, :n] = torch.from_numpy(it["photons"])
-        valid[i, :n] = True
-        labelled[i, :n] = torch.from_numpy(it["labelled"])
-        if blur is not None:
-            blur[i, :n] = torch.from_numpy(it["blur_sigma"])
-    batch = {"xyz": xyz, "photons": photons, "valid": valid, "labelled": labelled,
-             "background": torch.stack([torch.from_numpy(it["background"]) for it in items]),
-             "index": torch.tensor([int(it["index"]) for it in items])}
-    if blur is not None:
-        batch["blur_sigma"] = blur
+
+    def padded(key: str, dtype: type, trailing: tuple[int, ...] = ()) -> Tensor:
+        out = np.zeros((b, m, *trailing), dtype=dtype)
+        if m:
+            out[valid] = np.concatenate([it[key] for it in items]).reshape(-1, *trailing)
+        return torch.from_numpy(out)
+
+    batch = {"xyz": padded("xyz", np.float32, (3,)), "photons": padded("photons", np.float32),
+             "valid": torch.from_numpy(valid), "labelled": padded("labelled", np.bool_),
+             "background": torch.from_numpy(np.stack([it["background"] for it in items]).astype(np.float32,
+                                                                                               copy=False)),
+             "index": torch.from_numpy(np.array([int(it["index"]) for it in items], dtype=np.int64))}
+    if has_blur:
+        batch["blur_sigma"] = padded("blur_sigma", np.float32)
     return batch
 
 

@@ -72,6 +72,27 @@ def test_training_loader_is_fresh_every_epoch_and_validation_fixed():
     assert all(torch.equal(val_a[k], val_b[k]) for k in val_a)
 
 
+def test_collate_pads_each_item_into_its_row():
+    dataset = make_datamodule().dataset("train", epoch=0)
+    empty = dict(dataset[1], xyz=np.zeros((0, 3), np.float32), photons=np.zeros(0, np.float32),
+                 labelled=np.zeros(0, bool), blur_sigma=np.zeros(0, np.float32), index=np.int64(99))
+    items = [dataset[0], empty, dataset[2]]
+    batch = collate_samples(items)
+    counts = [len(it["photons"]) for it in items]
+    m = max(counts)
+    assert batch["xyz"].shape == (3, m, 3) and batch["xyz"].dtype == torch.float32
+    assert batch["valid"].dtype == torch.bool and batch["labelled"].dtype == torch.bool
+    assert batch["background"].shape == (3, 24, 24) and batch["index"].tolist() == [0, 99, 2]
+    for i, (item, n) in enumerate(zip(items, counts)):
+        assert batch["valid"][i].tolist() == [True] * n + [False] * (m - n)
+        for key in ("xyz", "photons", "labelled", "blur_sigma"):
+            assert np.array_equal(batch[key][i, :n].numpy(), item[key])
+            assert not batch[key][i, n:].any()  # padding is zero / False
+        assert np.array_equal(batch["background"][i].numpy(), item["background"])
+    nothing = collate_samples([empty])
+    assert nothing["xyz"].shape == (1, 0, 3) and nothing["photons"].shape == (1, 0)
+
+
 def test_collated_batches_render_into_plausible_frames():
     dm = make_datamodule()
     batch = next(iter(DataLoader(dm.dataset("val"), batch_size=4, collate_fn=collate_samples)))
