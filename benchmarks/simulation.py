@@ -42,8 +42,7 @@ from dstorm3d.optics.masks import tetrapod_mask
 from dstorm3d.optics.pupil import PupilModel, window_energy
 from dstorm3d.optics.render import render_frames
 from dstorm3d.optics.setup import OpticalSetup, storm_setup
-from dstorm3d.simulation.background import background_from_config
-from dstorm3d.simulation.camera import ReadoutCamera
+from dstorm3d.simulation.camera import camera_from_config
 from dstorm3d.simulation.sampling import EmitterSampler
 from dstorm3d.simulation.simulator import EmitterDataset, FrameSimulator, collate_samples, simulation_parts
 
@@ -140,6 +139,15 @@ class Row:
     render: Timing
 
 
+def simulation_config(args: argparse.Namespace) -> dict:
+    """The ``simulation`` config of the benchmark's frames (exact rendering, the paper's camera)."""
+    level = {"level": list(args.background_level)} if args.background == "uniform" else {}
+    return {"frame_shape": [args.frame_size, args.frame_size],
+            "emitters": {"count_range": list(args.emitters)},
+            "background": {"kind": args.background, **level}, "camera": {"kind": "readout"},
+            "render_window": None}
+
+
 def photon_fraction(setup: OpticalSetup, mask: np.ndarray, window: int, z_points: int = 41) -> float:
     """Mean over z (uniform over the setup's range) of the photon fraction a ``window``² patch keeps."""
     pupil = PupilModel(setup, mask, dtype=torch.float64)
@@ -164,10 +172,9 @@ def measure_device(device: torch.device, args: argparse.Namespace, setup: Optica
     n_frames = args.batch_gpu if device.type == "cuda" else args.batch_cpu
     chunk = args.baseline_chunk_gpu if device.type == "cuda" else args.baseline_chunk_cpu
     pupil = PupilModel(setup, mask).to(device)
-    sampler = EmitterSampler.from_setup(setup, frame_shape, count_range=tuple(args.emitters))
-    level = {"level": tuple(args.background_level)} if args.background == "uniform" else {}
-    background = background_from_config({"kind": args.background, **level})
-    camera = ReadoutCamera()
+    simulation = simulation_config(args)
+    sampler, background = simulation_parts(simulation, setup)
+    camera = camera_from_config(simulation["camera"])
     generator = torch.Generator(device=device).manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     fixed = sample_batch(sampler, np.random.default_rng(args.seed + 1), n_frames, device)
@@ -212,15 +219,6 @@ class PipelineRow:
     @property
     def frames_per_call(self) -> int:
         return self.frames_per_batch * self.batches_per_call
-
-
-def simulation_config(args: argparse.Namespace) -> dict:
-    """The ``simulation`` config of the benchmark's frames (exact rendering, the paper's camera)."""
-    level = {"level": list(args.background_level)} if args.background == "uniform" else {}
-    return {"frame_shape": [args.frame_size, args.frame_size],
-            "emitters": {"count_range": list(args.emitters)},
-            "background": {"kind": args.background, **level}, "camera": {"kind": "readout"},
-            "render_window": None}
 
 
 def measure_pipeline(device: torch.device, args: argparse.Namespace, setup: OpticalSetup, mask: np.ndarray,
