@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.out} exists; pass --overwrite to replace it or choose another --out")
     if not args.ckpt.is_file():
         raise SystemExit(f"checkpoint not found: {args.ckpt} (pass the path of a .ckpt written by train.py)")
+    blur_setting(args.blur, None)  # a bad --blur fails before the checkpoint is loaded
     if args.threads:
         torch.set_num_threads(args.threads)
     module = load_module(args.ckpt)
