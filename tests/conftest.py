@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,12 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 def shared_path(*parts: str) -> Path:
-    """A path under ``../shared/data``; skips the test with a clear reason when it is absent."""
+    """A path under ``../shared/data``; skips the test with a clear reason when it is absent (fails under
+    ``CI=true``)."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
+        if os.environ.get("CI", "").lower() == "true":  # CI has the data beside the checkout: missing is a failure
+            pytest.fail(f"shared data not found at {path}, and CI=true: CI must provide ../shared/data")
         pytest.skip(f"shared data not found at {path} (it sits beside the checkout in CI; absent in a user's clone)")
     return path
 

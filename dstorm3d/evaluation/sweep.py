@@ -51,7 +51,7 @@ from dstorm3d.optics.crlb import crlb
 from dstorm3d.optics.pupil import PupilModel
 from dstorm3d.optics.setup import OpticalSetup, SetupError
 from dstorm3d.simulation.background import background_from_config
-from dstorm3d.simulation.camera import camera_from_config
+from dstorm3d.simulation.camera import ReadoutCamera, camera_from_config
 from dstorm3d.simulation.sampling import EmitterSampler
 from dstorm3d.simulation.simulator import FrameSimulator, batch_emitters, collate_samples, stream_seed
 from dstorm3d.utils.cli import UserInputError
@@ -465,14 +465,31 @@ def score_by_depth(pred: Emitters, truth: Emitters, matching_nm: float, edges: n
     return rows
 
 
+def read_noise_variance(camera: Mapping[str, Any]) -> float:
+    """Mean Gaussian read-noise variance (counts² = photons² for the readout camera, where one count is one
+    photon) of a camera config; 0 for the other cameras (the EMCCD's excess noise is the bound's ×2)."""
+    if camera.get("kind") != "readout":
+        return 0.0
+    sigma = camera.get("read_noise", ReadoutCamera.read_noise)
+    if _is_number(sigma):
+        return float(sigma) ** 2
+    values = np.asarray(sigma, dtype=np.float64)
+    if values.shape == (2,):  # a range: E[σ²] for σ uniform in [lo, hi]
+        lo, hi = values
+        return float((lo * lo + lo * hi + hi * hi) / 3.0)
+    return float(np.mean(values ** 2))
+
+
 def depth_bounds(pupil: PupilModel, physics: Physics, condition: Condition, z_um: np.ndarray,
                  window: int | None) -> dict[str, np.ndarray] | None:
     """CRLB (nm) at depths ``z_um`` for the condition's mean photons and background: ``x_nm``, ``y_nm``,
     ``z_nm``, ``lat_nm`` = √(σx² + σy²) (comparable with RMSE_lat), ``ax_nm``; ``None`` without a uniform
-    background."""
+    background. A readout camera's Gaussian read noise of variance σ² enters as σ² photons of extra Poisson
+    background per pixel (the usual approximation of Poisson + Gaussian noise, as for sCMOS cameras)."""
     background = condition.mean_background
     if background is None:
         return None
+    background += read_noise_variance(condition.camera)
     emccd = condition.camera.get("kind") == "emccd"
     bound = crlb(pupil, z_um, condition.mean_photons, background, window=window, emccd=emccd,
                  blur_sigma_px=physics.blur_centre_px, pixel_integration=physics.pixel_integration)

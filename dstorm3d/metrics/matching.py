@@ -221,3 +221,17 @@ def efficiency_3d(jaccard_percent: Numeric, rmse_lat_nm: Numeric, rmse_ax_nm: Nu
         efficiency(jaccard_percent, rmse_lat_nm, ALPHA_LATERAL)
         + efficiency(jaccard_percent, rmse_ax_nm, ALPHA_AXIAL)
     )
+
+
+def tolerance_agreement(ours_nm: np.ndarray, theirs_nm: np.ndarray, tolerance_nm: float) -> tuple[int, int]:
+    """How closely two localizers agree on one frame, for reproducing a reference implementation:
+    ``(theirs reproduced, ours extra)`` = how many of ``theirs`` ``(T, 3)`` have one of ``ours`` ``(O, 3)``
+    within ``tolerance_nm`` (3D, nm), and how many of ours have none of theirs that close."""
+    from scipy.spatial import cKDTree
+
+    ours_nm, theirs_nm = np.asarray(ours_nm, float).reshape(-1, 3), np.asarray(theirs_nm, float).reshape(-1, 3)
+    if len(ours_nm) == 0 or len(theirs_nm) == 0:
+        return 0, len(ours_nm)
+    d_theirs, _ = cKDTree(ours_nm).query(theirs_nm)
+    d_ours, _ = cKDTree(theirs_nm).query(ours_nm)
+    return int((d_theirs <= tolerance_nm).sum()), int((d_ours > tolerance_nm).sum())

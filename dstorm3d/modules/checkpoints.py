@@ -39,3 +39,20 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu"):
     cls = module_classes()[read_checkpoint_kind(path)]
     module = cls.load_from_checkpoint(str(path), map_location=map_location, weights_only=True)
     return module.eval()
+
+
+#: What an inference-only copy of a checkpoint keeps (the rest is training state: optimizer moments,
+#: schedulers, loops, callbacks).
+INFERENCE_KEYS = ("state_dict", "hyper_parameters", "dstorm3d", "pytorch-lightning_version", "epoch", "global_step")
+
+
+def export_for_inference(source: str | Path, destination: str | Path, overwrite: bool = False) -> Path:
+    """Write a copy of a dstorm3d checkpoint without its training state (``INFERENCE_KEYS`` only): it
+    loads with :func:`load_module` alike, about a third of the size for Adam-trained models, and cannot
+    resume training. Returns the written path."""
+    from dstorm3d.utils.files import atomic_write
+
+    read_checkpoint_kind(source)
+    raw = torch.load(Path(source), map_location="cpu", weights_only=True)
+    kept = {key: raw[key] for key in INFERENCE_KEYS if key in raw}
+    return atomic_write(Path(destination), lambda tmp: torch.save(kept, tmp), overwrite=overwrite)

@@ -11,10 +11,10 @@ import pytest
 import tifffile
 import torch
 from conftest import shared_path
-from scipy.spatial import cKDTree
 
 from dstorm3d.import_weights import build_authors_checkpoint
 from dstorm3d.inference.outputs import read_localizations
+from dstorm3d.metrics.matching import tolerance_agreement
 from dstorm3d.modules.checkpoints import load_module
 from dstorm3d.utils.paths import REPO_ROOT
 
@@ -44,15 +44,6 @@ def reference(name: str) -> dict[int, np.ndarray]:
     return {k: np.array(v) for k, v in out.items()}
 
 
-def agreement(ours: np.ndarray, theirs: np.ndarray, tolerance_nm: float = 2.0) -> tuple[int, int]:
-    """(theirs matched within tolerance, ours unmatched)."""
-    if len(ours) == 0 or len(theirs) == 0:
-        return 0, len(ours)
-    d_theirs, _ = cKDTree(ours).query(theirs)
-    d_ours, _ = cKDTree(theirs).query(ours)
-    return int((d_theirs <= tolerance_nm).sum()), int((d_ours > tolerance_nm).sum())
-
-
 def test_imported_network_matches_the_authors_on_the_reference_crop(tmp_path):
     module = load_module(authors_checkpoint(tmp_path))
     assert module.hparams.optics["mask"] == "checkpoint" and float(module.threshold) == 40.0
@@ -64,7 +55,7 @@ def test_imported_network_matches_the_authors_on_the_reference_crop(tmp_path):
         with torch.no_grad():
             found = module.localize(crop)
         ours = found.per_frame()[0] * 1e3
-        m, e = agreement(ours, expected[frame_number])
+        m, e = tolerance_agreement(ours, expected[frame_number], 2.0)
         matched, extra, total = matched + m, extra + e, total + len(expected[frame_number])
     assert total == 23
     assert matched >= 0.98 * total and extra <= 0.02 * total
@@ -94,7 +85,7 @@ def test_infer_cli_with_the_authors_network_matches_their_full_frames(tmp_path, 
     for n in frames:
         here = table["frame"] == n
         ours = np.stack([table["x"][here], table["y"][here], table["z"][here]], axis=1)
-        m, e = agreement(ours, expected[n])
+        m, e = tolerance_agreement(ours, expected[n], 2.0)
         matched, extra, total = matched + m, extra + e, total + len(expected[n])
     print(f"authors' localizations matched within 2 nm: {matched}/{total}, extra: {extra}")
     assert total >= 40 * len(frames)  # the reference has 47 on frame 1

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from conftest import shared_path
 
 from dstorm3d.models.blocks import ScaledClamp
 from dstorm3d.models.heads import OFFSETS_OUTPUTS, OffsetsHead, VolumeHead, build_head
 from dstorm3d.models.network import LocalizationNet, build_localization_net
 from dstorm3d.models.pretrained import load_authors_weights
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 AUTHORS_WEIGHTS = ("pretrained", "deepstorm3d_tetrapod_storm_weights.pkl")
 PAPER_DILATIONS = (1, 1, 2, 4, 8, 16)
-
-
-def shared_path(*parts: str) -> Path:
-    """A path under ``../shared/data`` (as in ``tests/conftest.py``); skips the test when it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared data not found at {path} "
-                    "(it sits beside the checkout in CI; absent in a user's clone)")
-    return path
 
 
 def n_parameters(net: torch.nn.Module) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import psfmodels  # a declared test dependency (pyproject.toml [test])
 from conftest import shared_path
 from scipy.integrate import quad
 from scipy.special import j0
@@ -74,7 +75,6 @@ def test_agrees_with_psfmodels_as_well_as_the_exact_integral_does(z, nfp):
     """psfmodels (Gibson–Lanni, series approximation) is itself ≲1 % off near the critical angle, so we
     require > 0.999 correlation where it is accurate and, everywhere, to be as close to it as the exact
     Hankel integral is."""
-    psfmodels = pytest.importorskip("psfmodels")
     focus = nfp + z * (1 - N_I / N_S)  # psfmodels' focus coordinate
     params = dict(NA=1.45, ni=N_I, ni0=N_I, ns=N_S, ng=N_I, ng0=N_I, sf=1, mode=1)
     theirs = psfmodels.scalar_psf(zv=np.array([focus]), nx=31, dxy=DX, pz=z, wvl=LAMBDA, params=params)[0]
