@@ -43,7 +43,7 @@ BENCHMARK = "training"
 PAPER_EPOCH_IMAGES = 9000
 ORIGINAL_EPOCH_S = 2400.0  # Titan Xp, pre-generated data (reference.md §10)
 CONFIGS = {"tetrapod_dense": ["experiment=tetrapod_dense"], "psf_design": ["experiment=psf_design"],
-           "quickstart": ["experiment=quickstart"]}
+           "quickstart": ["experiment=quickstart"], "storm_offsets": ["experiment=storm_offsets"]}
 # The periodic training-metric decode (every train_metrics_every_n_steps) is not part of a typical step.
 COMMON_OVERRIDES = ["model.train_metrics_every_n_steps=0"]
 
@@ -251,10 +251,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="timed full steps (default CPU 2, GPU 10)")
     parser.add_argument("--split-repeats", type=int, default=None,
                         help="steps timed part by part (default CPU 1, GPU 5)")
-    parser.add_argument("--experiments", nargs="+", choices=["tetrapod_dense", "psf_design"],
+    parser.add_argument("--experiments", nargs="+", choices=["tetrapod_dense", "psf_design", "storm_offsets"],
                         default=["tetrapod_dense"],
                         help="configurations measured at every device, precision and batch size "
-                             "(psf_design: the joint mask + decoder step, telomere optics N = 329)")
+                             "(psf_design: the joint mask + decoder step, telomere optics N = 329; "
+                             "storm_offsets: the shipped STORM model's recipe, 64×64 crops)")
     parser.add_argument("--no-quickstart", action="store_true",
                         help="skip the quickstart configuration (offsets head, 32×32 frames; CPU only, fp32, "
                              "its configured batch)")

@@ -45,8 +45,44 @@ def keep_previous_csv_logs(logger_cfg: DictConfig | None) -> None:
         node.version = version
 
 
+def link_best_checkpoint(best: str | None, folder: Path) -> Path | None:
+    """``<folder>/best.ckpt``: a relative link to the best checkpoint (a copy where links are refused), so
+    commands can name the best checkpoint of a run without knowing its epoch."""
+    if not best or not Path(best).is_file():
+        return None
+    link = folder / "best.ckpt"
+    tmp = folder / ".best.ckpt.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        tmp.symlink_to(Path(best).name if Path(best).parent.resolve() == folder.resolve() else Path(best).resolve())
+    except OSError:
+        import shutil
+
+        shutil.copyfile(best, tmp)
+    tmp.replace(link)
+    return link
+
+
+def report_locations(trainer: pl.Trainer, output_dir: str) -> dict[str, str]:
+    """Print (and log) where the run's results are: the run folder, the best and the last checkpoint."""
+    folder = Path(output_dir) / "checkpoints"
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    link = link_best_checkpoint(best, folder) if trainer.is_global_zero else None
+    where = {"run folder": str(output_dir)}
+    if link is not None:
+        where["best checkpoint"] = f"{link} -> {Path(best).name}"
+    if (folder / "last.ckpt").is_file():
+        where["last checkpoint"] = str(folder / "last.ckpt")
+    if trainer.is_global_zero:
+        for key, value in where.items():
+            log.info("%s: %s", key, value)
+            print(f"{key}: {value}", flush=True)
+    return where
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) a model as configured; returns the logged metrics (floats)."""
+    log.info("run folder: %s", cfg.paths.output_dir)
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True)
     if cfg.get("logger") and "wandb" in cfg.logger:
@@ -79,6 +115,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.test(model=model, datamodule=datamodule, ckpt_path=best, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
+    if cfg.get("train", True):
+        report_locations(trainer, str(cfg.paths.output_dir))
     for logger in loggers:
         if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
             import wandb

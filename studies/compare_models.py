@@ -62,7 +62,8 @@ class SweepPart:
     config: dict[str, Any]
 
 
-def sweep_parts(frames: int, isolated_frames: int, isolated_photons: float, seed: int) -> list[SweepPart]:
+def sweep_parts(frames: int, fig2_frames: int, isolated_frames: int, isolated_photons: float,
+                seed: int) -> list[SweepPart]:
     """The three simulated parts (see the module docstring), as evaluate.yaml-style configs."""
     common = {"seed": seed, "reference_field_px": 121, "frame_shape": [121, 121], "blur_sigma_px": "checkpoint",
               "optics": {}, "matching_nm": MATCHING_NM, "z_bins": 8, "batch_size": 4, "tile": None,
@@ -75,7 +76,7 @@ def sweep_parts(frames: int, isolated_frames: int, isolated_photons: float, seed
                   {**common, "counts": list(STORM_COUNTS), "frames": frames, "conditions": [storm],
                    "emitters": {"label_min_photons": 6000.0, "margin_px": 8}}),
         SweepPart("fig2", "the paper's Fig. 2 conditions (30,000 photons, 150 background)",
-                  {**common, "counts": list(FIG2_COUNTS), "frames": frames,
+                  {**common, "counts": list(FIG2_COUNTS), "frames": fig2_frames,
                    "conditions": [{"name": "high_snr", "photons": 30000.0, "background": 150.0},
                                   FIG2_OFFSET], "emitters": {}}),
         SweepPart("isolated", f"isolated emitters, {isolated_photons:,.0f} photons, STORM camera",
@@ -109,6 +110,15 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(json_safe(data), indent=1)), overwrite=True)
 
 
+def restore_nan(value: Any) -> Any:
+    """JSON's ``null`` back to NaN in cached results (``json_safe`` wrote NaN as ``null``)."""
+    if isinstance(value, dict):
+        return {k: restore_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [restore_nan(v) for v in value]
+    return math.nan if value is None else value
+
+
 # ---------------------------------------------------------------------------------------------- sweeps
 def run_part(part: SweepPart, models: list[dict[str, Any]], out: Path) -> tuple[Any, Any]:
     """Score every model on one part (cached per model); write the part's evaluate.py outputs into
@@ -128,7 +138,7 @@ def run_part(part: SweepPart, models: list[dict[str, Any]], out: Path) -> tuple[
         key = {"checkpoint": model["digest"], "settings": part.config, "physics": physics.key}
         path = cache_path(out, part.name, model["label"], key)
         if path.exists():
-            cached = json.loads(path.read_text())
+            cached = restore_nan(json.loads(path.read_text()))
             print(f"  {part.name} / {model['label']}: cached ({path.name})", flush=True)
         else:
             started = time.perf_counter()
@@ -254,8 +264,10 @@ def depth_ratios(depth_rows: list[dict[str, Any]], label: str) -> dict[str, Any]
     rows = [r for r in depth_rows if r["label"] == label and r["method"] == "network"]
     lat = np.array([r["rmse_lat_nm"] / r["crlb_lat_nm"] for r in rows], dtype=float)
     ax = np.array([r["rmse_ax_nm"] / r["crlb_ax_nm"] for r in rows], dtype=float)
-    return {"rows": rows, "lat": lat, "ax": ax, "median_lat": float(np.nanmedian(lat)) if rows else math.nan,
-            "median_ax": float(np.nanmedian(ax)) if rows else math.nan}
+    def median(values: np.ndarray) -> float:
+        return float(np.median(values[np.isfinite(values)])) if np.isfinite(values).any() else math.nan
+
+    return {"rows": rows, "lat": lat, "ax": ax, "median_lat": median(lat), "median_ax": median(ax)}
 
 
 def fmt(value: Any, digits: int = 1) -> str:
@@ -462,8 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpts", nargs="+", required=True, help="checkpoints (the first is compared with the second)")
     parser.add_argument("--labels", nargs="+", help="names in tables and legends (default: file stems)")
     parser.add_argument("--out", required=True, help="output folder (reports are replaced, the cache is kept)")
-    parser.add_argument("--frames", type=int, default=20, help="frames per density point")
-    parser.add_argument("--isolated-frames", type=int, default=160, help="frames of one emitter for RMSE vs z")
+    parser.add_argument("--frames", type=int, default=20, help="frames per density point (STORM sets)")
+    parser.add_argument("--fig2-frames", type=int, default=10, help="frames per density point (Fig. 2 sets)")
+    parser.add_argument("--isolated-frames", type=int, default=120, help="frames of one emitter for RMSE vs z")
     parser.add_argument("--isolated-photons", type=float, default=10000.0)
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--parts", nargs="+", default=["storm", "fig2", "isolated", "real"],
@@ -478,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(labels) != len(args.ckpts) or len(set(labels)) != len(labels):
         print("error: give one distinct label per checkpoint (--labels)", file=sys.stderr)
         return 2
-    for value, name in ((args.frames, "--frames"), (args.isolated_frames, "--isolated-frames")):
+    for value, name in ((args.frames, "--frames"), (args.fig2_frames, "--fig2-frames"),
+                        (args.isolated_frames, "--isolated-frames")):
         if value < 2:
             print(f"error: {name} must be ≥ 2 (standard deviations need two frames)", file=sys.stderr)
             return 2
@@ -499,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     models = [{"label": label, "path": str(path), "digest": file_digest(Path(path)),
                "module": load_module(path).eval()} for path, label in zip(args.ckpts, labels)]
-    PARTS[:] = sweep_parts(args.frames, args.isolated_frames, args.isolated_photons, args.seed)
+    PARTS[:] = sweep_parts(args.frames, args.fig2_frames, args.isolated_frames, args.isolated_photons, args.seed)
     parts = {}
     for part in PARTS:
         if part.name in args.parts:

@@ -85,7 +85,7 @@ def test_everything_copied_exists_and_is_in_the_build_context():
     for arguments in of("COPY"):
         parts = [p for p in arguments.split() if not p.startswith("--")]
         copied += parts[:-1]
-    assert {"train.py", "infer.py", "configs", "dstorm3d", "pyproject.toml", "README.md"} <= set(copied)
+    assert {"train.py", "infer.py", "configs", "dstorm3d", "models", "pyproject.toml", "README.md"} <= set(copied)
     for source in copied:
         assert (REPO_ROOT / source).exists(), f"COPY {source}: not in the repository"
         excluded = [p for p in patterns if fnmatch.fnmatch(source, p.rstrip("/"))]

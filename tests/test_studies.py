@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -60,6 +61,7 @@ def test_existing_output_and_bad_blur_are_refused(checkpoint, tmp_path):
 def compare_models_module():
     spec = importlib.util.spec_from_file_location("compare_models", REPO_ROOT / "studies" / "compare_models.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 

@@ -53,8 +53,22 @@ def test_two_process_cpu_ddp_run_completes(tmp_path):
     run_train([*TINY, "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu",
                "trainer.max_epochs=1", "data.val_samples=8", "data.test_samples=8"], run)
     assert (run / "checkpoints" / "last.ckpt").is_file()
-    rows = metric_rows(run)
-    assert any(r.get("test/jaccard") for r in rows)
+    tested = [float(r["test/jaccard"]) for r in metric_rows(run) if r.get("test/jaccard")]
+    assert len(tested) == 1 and 0.0 <= tested[0] <= 1.0  # one test row, logged once from the two ranks
+
+
+@pytest.mark.slow
+def test_train_prints_where_its_results_are_and_links_the_best_checkpoint(tmp_path):
+    run = tmp_path / "where"
+    result = run_train([*TINY, "trainer.max_epochs=2", "test=false"], run)
+    lines = [line for line in result.stdout.splitlines() if ": " in line]
+    assert f"run folder: {run}" in lines
+    best = run / "checkpoints" / "best.ckpt"
+    assert best.is_symlink() and best.resolve().parent == (run / "checkpoints").resolve()
+    assert best.resolve().name.startswith("epoch_") and best.resolve().is_file()
+    assert f"best checkpoint: {best} -> {best.resolve().name}" in lines
+    assert f"last checkpoint: {run / 'checkpoints' / 'last.ckpt'}" in lines
+    assert torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
 
 
 @pytest.mark.slow

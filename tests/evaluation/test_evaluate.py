@@ -247,3 +247,28 @@ def test_baseline_options_defaults_match_the_config():
     defaults = BaselineOptions()
     for key, value in config.mp.items():
         assert getattr(defaults, key) == value, key
+
+
+def test_read_noise_enters_the_bound_as_extra_poisson_background():
+    from dstorm3d.evaluation.sweep import Condition, Physics, depth_bounds, read_noise_variance
+    from dstorm3d.optics.crlb import crlb
+    from dstorm3d.optics.masks import tetrapod_mask
+    from dstorm3d.optics.pupil import PupilModel
+    from dstorm3d.optics.setup import storm_setup
+
+    readout = {"kind": "readout", "baseline": 30.0, "read_noise": [8.0, 12.0], "read_noise_correlation_px": None}
+    assert read_noise_variance(readout) == pytest.approx((64 + 96 + 144) / 3)  # E[σ²], σ ~ U(8, 12)
+    assert read_noise_variance({**readout, "read_noise": 10.0}) == 100.0
+    assert read_noise_variance({"kind": "ideal"}) == 0.0
+    setup = storm_setup(pupil_grid=96)
+    mask = torch.as_tensor(tetrapod_mask(setup), dtype=torch.float32)
+    physics = Physics(setup, mask, (24, 24), None, False, None)
+    pupil = PupilModel(setup, mask, dtype=torch.float64)
+    z = np.array([1.0, 2.0])
+    condition = Condition.from_config({"name": "c", "photons": 10000, "background": 0.0, "camera": readout}, {}, 0)
+    bound = depth_bounds(pupil, physics, condition, z, None)
+    expected = crlb(pupil, z, 10000, read_noise_variance(readout))
+    np.testing.assert_allclose(bound["x_nm"], expected["x_nm"], rtol=1e-9)
+    ideal = depth_bounds(pupil, physics, Condition.from_config({"name": "i", "photons": 10000, "background": 0.0},
+                                                               {"kind": "ideal"}, 0), z, None)
+    assert (bound["x_nm"] > 1.5 * ideal["x_nm"]).all()  # 100 photons/px of read variance vs none

@@ -37,14 +37,16 @@ def test_pupil_derivatives_match_finite_differences(tetrapod, blur, integrate):
 
 
 def test_model_tetrapod_bound_matches_the_paper_values(tetrapod):
+    """Measured 2.31 / 2.40 / 4.43 nm against the paper's 2.3 / 2.5 / 4.5 (4 % at most; the paper's values
+    are read off a figure to one decimal), and alike at 5,000 photons: 6 % leaves rounding room."""
     z = np.linspace(0.0, 4.0, 41)
     bright = crlb(tetrapod, z, photons=30000, background=150)
     means = [float(bright[k].mean()) for k in ("x_nm", "y_nm", "z_nm")]
     for value, expected in zip(means, (2.3, 2.5, 4.5)):
-        assert value == pytest.approx(expected, rel=0.15)
+        assert value == pytest.approx(expected, rel=0.06)
     dim = crlb(tetrapod, z, photons=5000, background=50)
     for key, expected in zip(("x_nm", "y_nm", "z_nm"), (7.3, 7.8, 14.1)):
-        assert float(dim[key].mean()) == pytest.approx(expected, rel=0.15)
+        assert float(dim[key].mean()) == pytest.approx(expected, rel=0.06)
 
 
 def test_emccd_excess_noise_and_photon_scaling(tetrapod):

@@ -54,20 +54,24 @@ def model_image(z: float, nfp: float, grid: int, aperture: str, half: int = 15) 
     return pupil.psf_zstack([z], 2 * half + 1)[0].numpy() * pupil.energy_norm  # |Σ P e|²
 
 
+# Largest relative difference measured over CASES × both apertures at N = 203: 0.97 % (issue 16).
+HANKEL_TOLERANCE = 0.0125
+
+
 @pytest.mark.parametrize("aperture", ["objective", "water"])
 @pytest.mark.parametrize("z, nfp", CASES)
 def test_clear_pupil_matches_the_hankel_integral(z, nfp, aperture):
     rho_max = 1.45 if aperture == "objective" else N_S
     reference = hankel_image(z, nfp, 203, rho_max)
     error = np.abs(model_image(z, nfp, 203, aperture) - reference).max() / reference.max()
-    assert error <= 0.02
+    assert error <= HANKEL_TOLERANCE
 
 
 def test_coarse_pupil_grid_fails_the_same_comparison():
-    """The comparison can fail: an under-resolved pupil (N = 64) is off by more than 2 %."""
+    """The comparison can fail: an under-resolved pupil (N = 64) is off by more than the tolerance."""
     reference = hankel_image(3.0, 3.0, 64, 1.45)
     error = np.abs(model_image(3.0, 3.0, 64, "objective") - reference).max() / reference.max()
-    assert error > 0.02
+    assert error > HANKEL_TOLERANCE
 
 
 @pytest.mark.parametrize("z, nfp", CASES)
