@@ -23,6 +23,7 @@ from dstorm3d.inference.tiling import required_head_margin, required_margin
 from dstorm3d.inference.writer import LocalizationWriter
 from dstorm3d.modules.checkpoints import load_module, read_checkpoint_kind
 from dstorm3d.utils.cli import UserInputError
+from dstorm3d.utils.rates import rate_text
 from dstorm3d.visualization import save_png
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
         "frame_shape": [height, width], "localizations": n_locs,
         "localizations_per_frame": {"mean": float(frames.mean()), "median": float(np.median(frames)),
                                     "min": int(frames.min()), "max": int(frames.max())},
-        "seconds": round(elapsed, 3), "frames_per_second": round(len(recording) / max(elapsed, 1e-9), 3),
+        "seconds": round(elapsed, 3), "frames_per_second": float(f"{len(recording) / max(elapsed, 1e-9):.4g}"),
         "devices": trainer.world_size, "accelerator": type(trainer.accelerator).__name__, "precision": precision,
         "head": head, "threshold": float(cfg.threshold) if cfg.threshold is not None else float(module.threshold),
         "tile": tile, "margin": cfg.margin if cfg.margin is not None else required_margin(module.net),
@@ -189,6 +190,6 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
         "optical_setup": setup.to_dict(), "outputs": [*OUTPUT_FILES, *overlays],
     }
     save_json(summary, out / "summary.json", overwrite=overwrite)
-    log.info("%d localizations in %d frames (%.1f frames/s) → %s", n_locs, len(recording),
-             summary["frames_per_second"], out)
+    log.info("%d localizations in %d frames (%s) → %s", n_locs, len(recording),
+             rate_text(len(recording), elapsed), out)
     return summary

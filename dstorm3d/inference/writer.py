@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from dstorm3d.inference.outputs import PartWriter
+from dstorm3d.utils.rates import rate_text
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,8 @@ class LocalizationWriter(BasePredictionWriter):
         now = time.perf_counter()
         if now - self._last_report >= self.report_every_s:
             self._last_report = now
-            log.info("rank %d: %d frames, %.1f frames/s, %d localizations", trainer.global_rank, self.frames,
-                     self.frames / (now - self._start), self.localizations)
+            log.info("rank %d: %d frames, %s, %d localizations", trainer.global_rank, self.frames,
+                     rate_text(self.frames, now - self._start), self.localizations)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.writer is not None:
