@@ -14,7 +14,7 @@ register_root()
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate.yaml")
 def main(cfg: DictConfig) -> None:
-    from dstorm3d.evaluation.sweep import evaluate
+    from dstorm3d.evaluation.command import evaluate
 
     run_or_exit(evaluate, cfg)
 

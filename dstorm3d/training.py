@@ -10,6 +10,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from dstorm3d.utils.cli import set_threads
 from dstorm3d.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from dstorm3d.utils.wandb_mode import choose_wandb_mode
 
@@ -83,6 +84,7 @@ def report_locations(trainer: pl.Trainer, output_dir: str) -> dict[str, str]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) a model as configured; returns the logged metrics (floats)."""
     log.info("run folder: %s", cfg.paths.output_dir)
+    set_threads(cfg.get("threads"))
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True)
     if cfg.get("logger") and "wandb" in cfg.logger:

@@ -49,7 +49,7 @@ from dstorm3d.metrics.localization import JaccardRMSE, per_frame_scores
 from dstorm3d.metrics.matching import ALPHA_AXIAL, ALPHA_LATERAL, efficiency, match_frame
 from dstorm3d.optics.crlb import crlb
 from dstorm3d.optics.pupil import PupilModel
-from dstorm3d.optics.setup import OpticalSetup, SetupError
+from dstorm3d.optics.setup import OpticalSetup
 from dstorm3d.simulation.background import background_from_config
 from dstorm3d.simulation.camera import ReadoutCamera, camera_from_config
 from dstorm3d.simulation.sampling import EmitterSampler
@@ -710,39 +710,3 @@ def checkpoint_paths(cfg: DictConfig) -> tuple[list[str], list[str]]:
     if len(set(labels)) != len(labels):
         raise UserInputError(f"labels must differ, got {labels}")
     return paths, labels
-
-
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """The body of ``evaluate.py``: check inputs and outputs, run the sweep, write the report; returns the
-    content of ``results.json``."""
-    from dstorm3d.evaluation import report
-    from dstorm3d.modules.checkpoints import load_module, read_checkpoint_kind
-
-    out = Path(str(cfg.out))
-    overwrite = bool(cfg.get("overwrite", False))
-    existing = [out / name for name in report.OUTPUT_FILES if (out / name).exists()]
-    if existing and not overwrite:
-        raise UserInputError(f"{existing[0]} exists: pass overwrite=true or choose another out=<folder>")
-    paths, labels = checkpoint_paths(cfg)
-    settings = settings_from_config(cfg)
-    for path in paths:
-        read_checkpoint_kind(path)  # one line for a missing or foreign file, before any work
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    checkpoints = []
-    for path, label in zip(paths, labels):
-        module = load_module(path).to(settings.device)
-        try:
-            physics = checkpoint_physics(module, settings)
-        except SetupError as exc:
-            raise UserInputError(f"{path}: {exc}") from None
-        checkpoints.append(Evaluated(label, path, module, physics))
-        log.info("%s: %s (%s head), test frames %s, test set %s", label, path, module.hparams.head["kind"],
-                 physics.frame_shape, physics.key)
-    started = time.perf_counter()
-    results = run_sweep(checkpoints, settings)
-    summary = report.write_outputs(out, checkpoints, settings, results, command=report.command_line(),
-                                   overwrite=overwrite, depth_count=_optional_int(cfg, "z_plot_count", minimum=0))
-    log.info("evaluated %d checkpoint(s) in %.1f s; results in %s", len(checkpoints),
-             time.perf_counter() - started, out)
-    return summary

@@ -22,7 +22,7 @@ from dstorm3d.inference.recording import RecordingDataset, RecordingError, open_
 from dstorm3d.inference.tiling import required_head_margin, required_margin
 from dstorm3d.inference.writer import LocalizationWriter
 from dstorm3d.modules.checkpoints import load_module, read_checkpoint_kind
-from dstorm3d.utils.cli import UserInputError
+from dstorm3d.utils.cli import UserInputError, set_threads
 from dstorm3d.utils.rates import rate_text
 from dstorm3d.visualization import save_png
 
@@ -122,6 +122,7 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     existing = existing_outputs(out, OUTPUT_FILES) + sorted(out.glob("overlay_frame*.png"))
     if existing and not cfg.overwrite:
         raise UserInputError(f"{existing[0]} exists: pass overwrite=true or choose another out=<folder>")
+    set_threads(cfg.get("threads"))
     read_checkpoint_kind(cfg.ckpt)
     try:
         recording = open_recording(cfg.recording, channel=cfg.get("channel"), allow_float=bool(cfg.allow_float))

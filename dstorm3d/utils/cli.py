@@ -25,8 +25,39 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (UserInputError, SetupError, MaskError, FileNotFoundError, FileExistsError, OmegaConfBaseException)
 
 
+def set_threads(threads: Any) -> None:
+    """``threads``: torch's CPU threads (``None``: its default, all cores)."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise UserInputError(f"threads must be a whole number ≥ 1 or null (all cores), got {threads!r}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class _DropAdvertisements(logging.Filter):
+    """Lightning's "💡 Tip: ... try installing litlogger" line, printed by every Trainer."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip")
+
+
+def quiet_third_party_noise() -> None:
+    """Silence lines every command printed that tell the user nothing about their run: Lightning's
+    advertisement and a deprecation warning inside Lightning's own code (``_pytree``'s ``LeafSpec``)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropAdvertisements) for f in logger.filters):
+            logger.addFilter(_DropAdvertisements())
+
+
 def run_or_exit(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Call ``function``; on a user-input error print ``error: <message>`` and exit with status 2."""
+    quiet_third_party_noise()
     try:
         return function(*args, **kwargs)
     except user_errors() as exc:

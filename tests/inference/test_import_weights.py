@@ -40,6 +40,9 @@ def test_telomere_network_imports_through_the_cli_and_infer_reproduces_the_autho
     result = run("infer.py", f"ckpt={ckpt}", f"data={snapshot}", f"out={out}", "num_workers=0",
                  "overlay_frames=1", f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr[-2000:]
+    printed = result.stdout + result.stderr
+    assert "💡 Tip" not in printed and "LeafSpec" not in printed  # no third-party noise
+    assert "66 localizations in 1 frames (" in printed and "0.0 frames/s" not in printed
     table = read_localizations(out / "localizations.csv")
     ours = np.stack([table["x"], table["y"], table["z"]], axis=1)
     theirs = read_reference(shared_path("reference", "telomeres1_learned.csv"), 1)

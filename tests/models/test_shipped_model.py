@@ -17,7 +17,7 @@ from conftest import shared_path
 from omegaconf import OmegaConf
 
 from dstorm3d.evaluation.sweep import (
-    Condition, build_test_set, checkpoint_physics, localize_with_network, score_point, settings_from_config,
+    build_test_set, checkpoint_physics, localize_with_network, score_point, settings_from_config,
 )
 from dstorm3d.metrics.matching import match_frame
 from dstorm3d.modules.checkpoints import load_module
