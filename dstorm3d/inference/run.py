@@ -22,7 +22,7 @@ from dstorm3d.inference.recording import RecordingDataset, RecordingError, open_
 from dstorm3d.inference.tiling import required_head_margin, required_margin
 from dstorm3d.inference.writer import LocalizationWriter
 from dstorm3d.modules.checkpoints import load_module, read_checkpoint_kind
-from dstorm3d.utils.cli import UserInputError, set_threads
+from dstorm3d.utils.cli import UserInputError, one_line, set_threads
 from dstorm3d.utils.rates import rate_text
 from dstorm3d.visualization import save_png
 
@@ -152,7 +152,7 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
         trainer.predict(module, dataloaders=loader, return_predictions=False)
     except RecordingError as exc:
         writer.on_predict_end(trainer, module)
-        raise UserInputError(str(exc)) from None
+        raise UserInputError(one_line(exc)) from None  # from a DataLoader worker too: the frame and the cause
     trainer.strategy.barrier()
     elapsed = time.perf_counter() - start
     if not trainer.is_global_zero:

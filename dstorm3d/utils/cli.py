@@ -55,13 +55,27 @@ def quiet_third_party_noise() -> None:
             logger.addFilter(_DropAdvertisements())
 
 
+def one_line(exc: BaseException) -> str:
+    """The message of an error in one line. An error re-raised from a DataLoader worker ("Caught X in
+    DataLoader worker process N. Original Traceback ...") gives the original message, not the wrapper's."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines[0].startswith("Caught ") and "DataLoader worker" in lines[0] and len(lines) > 1:
+        prefix = f"{type(exc).__name__}: "
+        last = lines[-1].strip()
+        return last[len(prefix):] if last.startswith(prefix) else last
+    return lines[0]
+
+
 def run_or_exit(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Call ``function``; on a user-input error print ``error: <message>`` and exit with status 2."""
     quiet_third_party_noise()
     try:
         return function(*args, **kwargs)
     except user_errors() as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = one_line(exc)
         log.error(message)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
