@@ -36,8 +36,8 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -57,6 +57,7 @@ from dstorm3d.simulation.sampling import ellipsoid_surface
 from dstorm3d.simulation.simulator import stream_seed
 from dstorm3d.utils.cli import UserInputError, run_or_exit
 from dstorm3d.utils.paths import CONFIG_DIR, register_root
+from dstorm3d.utils.validate import is_finite_number
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +86,6 @@ UINT16_MAX = 65535
 
 
 # ---------------------------------------------------------------------------------------- validation
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _integer(value: Any, key: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise UserInputError(f"{key} must be an integer ≥ {minimum}, got {value!r}")
@@ -98,7 +95,7 @@ def _integer(value: Any, key: str, minimum: int) -> int:
 def _number(value: Any, key: str, minimum: float | None = None, above: float | None = None,
             maximum: float | None = None) -> float:
     """A finite number, optionally ≥ ``minimum``, > ``above`` and ≤ ``maximum``."""
-    ok = _is_number(value) and (minimum is None or value >= minimum) and (above is None or value > above) \
+    ok = is_finite_number(value) and (minimum is None or value >= minimum) and (above is None or value > above) \
         and (maximum is None or value <= maximum)
     if not ok:
         bounds = [(minimum, "≥"), (above, ">"), (maximum, "≤")]
@@ -109,9 +106,9 @@ def _number(value: Any, key: str, minimum: float | None = None, above: float | N
 
 def _pair(value: Any, key: str, minimum: float | None = None) -> tuple[float, float]:
     """A ``[lo, hi]`` range with lo ≤ hi (a single number means [v, v])."""
-    pair = [value, value] if _is_number(value) else value
+    pair = [value, value] if is_finite_number(value) else value
     if not (isinstance(pair, Sequence) and not isinstance(pair, str) and len(pair) == 2
-            and all(_is_number(v) for v in pair) and pair[0] <= pair[1]
+            and all(is_finite_number(v) for v in pair) and pair[0] <= pair[1]
             and (minimum is None or pair[0] >= minimum)):
         floor = f"{minimum:g} ≤ " if minimum is not None else ""
         raise UserInputError(f"{key} must be a number or [lo, hi] with {floor}lo ≤ hi, got {value!r}")

@@ -10,8 +10,9 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from dstorm3d.utils.cli import set_threads
+from dstorm3d.utils.cli import UserInputError, set_threads
 from dstorm3d.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from dstorm3d.utils.validate import integer, number
 from dstorm3d.utils.wandb_mode import choose_wandb_mode
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,8 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
         return None
     path = Path(output_dir) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint to resume from not found: {path} (give ckpt_path=<file>)")
+        raise UserInputError(f"ckpt_path={ckpt_path}: checkpoint to resume from not found at {path} "
+                             "(give ckpt_path=<file.ckpt> or ckpt_path=last)")
     return str(path)
 
 
@@ -44,6 +46,22 @@ def keep_previous_csv_logs(logger_cfg: DictConfig | None) -> None:
         version = f"{node.get('version') or ''}/resumed_{n}".lstrip("/")
         log.info("Keeping the earlier %s; this run's CSV logs go to %s", folder / "metrics.csv", folder / f"resumed_{n}")
         node.version = version
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """The data and optimizer settings every training reads, checked before anything is built (one line
+    each, naming the key)."""
+    data, optimizer = cfg.get("data") or {}, (cfg.get("model") or {}).get("optimizer") or {}
+    for key in ("batch_size", "train_samples", "val_samples", "test_samples"):
+        if key in data:
+            integer(f"data.{key}", data[key], minimum=1, example=16)
+    if "num_workers" in data:
+        integer("data.num_workers", data.num_workers, minimum=0, example=4)
+    if "lr" in optimizer:
+        number("model.optimizer.lr", optimizer.lr, above=0.0, example=0.0005)
+    if "weight_decay" in optimizer:
+        number("model.optimizer.weight_decay", optimizer.weight_decay, minimum=0.0, example=0)
+    set_threads(cfg.get("threads"))
 
 
 def link_best_checkpoint(best: str | None, folder: Path) -> Path | None:
@@ -84,7 +102,8 @@ def report_locations(trainer: pl.Trainer, output_dir: str) -> dict[str, str]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) a model as configured; returns the logged metrics (floats)."""
     log.info("run folder: %s", cfg.paths.output_dir)
-    set_threads(cfg.get("threads"))
+    check_settings(cfg)
+    ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir) if cfg.get("train", True) else None
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True)
     if cfg.get("logger") and "wandb" in cfg.logger:
@@ -105,7 +124,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams({"config": config})
 
     if cfg.get("train", True):
-        ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 

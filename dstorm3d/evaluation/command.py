@@ -13,7 +13,12 @@ from omegaconf import DictConfig
 
 from dstorm3d.evaluation import report
 from dstorm3d.evaluation.sweep import (
-    Evaluated, _optional_int, checkpoint_paths, checkpoint_physics, run_sweep, settings_from_config,
+    Evaluated,
+    _optional_int,
+    checkpoint_paths,
+    checkpoint_physics,
+    run_sweep,
+    settings_from_config,
 )
 from dstorm3d.modules.checkpoints import load_module, read_checkpoint_kind
 from dstorm3d.optics.setup import SetupError

@@ -55,6 +55,7 @@ from dstorm3d.simulation.camera import ReadoutCamera, camera_from_config
 from dstorm3d.simulation.sampling import EmitterSampler
 from dstorm3d.simulation.simulator import FrameSimulator, batch_emitters, collate_samples, stream_seed
 from dstorm3d.utils.cli import UserInputError
+from dstorm3d.utils.validate import is_number, number
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,9 @@ class Condition:
             raise UserInputError(f"conditions[{index}] needs photons and background (and optionally name, camera), "
                                  f"got keys {sorted(data)}")
         photons = data["photons"]
-        photons = {"kind": "fixed", "value": float(photons)} if _is_number(photons) else dict(photons)
+        photons = {"kind": "fixed", "value": float(photons)} if is_number(photons) else dict(photons)
         background = data["background"]
-        if _is_number(background) or isinstance(background, (list, tuple)):
+        if is_number(background) or isinstance(background, (list, tuple)):
             background = {"kind": "uniform", "level": background}
         name = str(data.get("name") or f"{_number(_mean_photons(photons))}ph_{_number(background.get('level'))}bg")
         condition = cls(name, photons, dict(background), dict(data.get("camera") or camera))
@@ -128,12 +129,8 @@ class Condition:
                 "mean_photons": self.mean_photons, "mean_background_per_px": self.mean_background}
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _number(value: Any) -> str:
-    return f"{value:g}" if _is_number(value) else str(value)
+    return f"{value:g}" if is_number(value) else str(value)
 
 
 def _mean_photons(spec: Mapping[str, Any]) -> float:
@@ -250,8 +247,8 @@ def _blur_range(value: Any) -> tuple[float, float] | None:
     """``None``, a σ (pixels) or a ``[lo, hi]`` range → ``(lo, hi)`` or ``None``."""
     if value is None:
         return None
-    pair = [value, value] if _is_number(value) else list(value) if isinstance(value, (list, tuple)) else []
-    if len(pair) != 2 or not all(_is_number(v) for v in pair) or not 0 <= pair[0] <= pair[1]:
+    pair = [value, value] if is_number(value) else list(value) if isinstance(value, (list, tuple)) else []
+    if len(pair) != 2 or not all(is_number(v) for v in pair) or not 0 <= pair[0] <= pair[1]:
         raise UserInputError(f"blur_sigma_px must be checkpoint, null, a number or [lo, hi] with 0 ≤ lo ≤ hi "
                              f"(pixels), got {value!r}")
     return float(pair[0]), float(pair[1])
@@ -471,7 +468,7 @@ def read_noise_variance(camera: Mapping[str, Any]) -> float:
     if camera.get("kind") != "readout":
         return 0.0
     sigma = camera.get("read_noise", ReadoutCamera.read_noise)
-    if _is_number(sigma):
+    if is_number(sigma):
         return float(sigma) ** 2
     values = np.asarray(sigma, dtype=np.float64)
     if values.shape == (2,):  # a range: E[σ²] for σ uniform in [lo, hi]
@@ -632,7 +629,7 @@ def _optional_int(cfg: DictConfig, key: str, minimum: int = 1) -> int | None:
     value = cfg.get(key)
     if value is None:
         return None
-    if not _is_number(value) or int(value) != value or value < minimum:
+    if not is_number(value) or int(value) != value or value < minimum:
         raise UserInputError(f"{key} must be an integer ≥ {minimum} or null, got {value!r}")
     return int(value)
 
@@ -640,7 +637,7 @@ def _optional_int(cfg: DictConfig, key: str, minimum: int = 1) -> int | None:
 def settings_from_config(cfg: DictConfig) -> SweepSettings:
     """Validated :class:`SweepSettings` from the ``evaluate.yaml`` config (one-line errors)."""
     counts = cfg.get("counts")
-    if not counts or any(not _is_number(c) or int(c) != c or c < 0 for c in counts):
+    if not counts or any(not is_number(c) or int(c) != c or c < 0 for c in counts):
         raise UserInputError(f"counts must be a non-empty list of integers ≥ 0 (emitters per field), got {counts}")
     conditions_cfg = OmegaConf.to_container(cfg.conditions, resolve=True) if cfg.get("conditions") else []
     if not conditions_cfg:
@@ -652,8 +649,8 @@ def settings_from_config(cfg: DictConfig) -> SweepSettings:
         raise UserInputError(f"condition names must differ, got {names}")
     frame_shape = cfg.get("frame_shape")
     if frame_shape is not None:
-        frame_shape = [frame_shape] * 2 if _is_number(frame_shape) else list(frame_shape)
-        if len(frame_shape) != 2 or not all(_is_number(v) and int(v) == v and v >= 8 for v in frame_shape):
+        frame_shape = [frame_shape] * 2 if is_number(frame_shape) else list(frame_shape)
+        if len(frame_shape) != 2 or not all(is_number(v) and int(v) == v and v >= 8 for v in frame_shape):
             raise UserInputError(f"frame_shape must be [H, W] with integers H, W ≥ 8 px (or null), got {frame_shape}")
         frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
     blur = cfg.get("blur_sigma_px", "checkpoint")
@@ -692,7 +689,8 @@ def settings_from_config(cfg: DictConfig) -> SweepSettings:
         counts=tuple(int(c) for c in counts), frames=int(cfg.frames), seed=int(cfg.seed),
         reference_field_px=int(cfg.reference_field_px), conditions=conditions, frame_shape=frame_shape,
         blur_sigma_px=blur, optics_changes=OmegaConf.to_container(cfg.optics, resolve=True) if cfg.get("optics") else {},
-        emitters=emitters, matching_nm=float(cfg.matching_nm), z_bins=int(cfg.z_bins),
+        emitters=emitters, matching_nm=number("matching_nm", cfg.matching_nm, above=0.0, example=150),
+        z_bins=int(cfg.z_bins),
         batch_size=int(cfg.batch_size), tile=_optional_int(cfg, "tile"),
         threshold=None if cfg.get("threshold") is None else float(cfg.threshold), device=device,
         crlb_window=_optional_int(cfg, "crlb_window"), baseline=baseline)

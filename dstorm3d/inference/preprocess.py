@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dstorm3d.errors import UserInputError
+
 Frames = TypeVar("Frames", np.ndarray, Tensor)
 
 
@@ -52,20 +54,20 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if isinstance(self.baseline, str):
-            raise ValueError(f"preprocessing.baseline must be a number of counts, got {self.baseline!r} "
+            raise UserInputError(f"preprocessing.baseline must be a number of counts, got {self.baseline!r} "
                              "(for a per-frame estimate use subtract_minimum=true)")
         for name in ("baseline", "adu_per_photon", "em_gain"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"preprocessing.{name} must be a finite number, got {value!r}")
+                raise UserInputError(f"preprocessing.{name} must be a finite number, got {value!r}")
             object.__setattr__(self, name, float(value))
         if self.adu_per_photon <= 0:
-            raise ValueError(f"preprocessing.adu_per_photon must be > 0, got {self.adu_per_photon}")
+            raise UserInputError(f"preprocessing.adu_per_photon must be > 0, got {self.adu_per_photon}")
         if self.em_gain < 1:
-            raise ValueError(f"preprocessing.em_gain must be ≥ 1, got {self.em_gain}")
+            raise UserInputError(f"preprocessing.em_gain must be ≥ 1, got {self.em_gain}")
         for name in ("subtract_minimum", "clip_negative"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"preprocessing.{name} must be true or false, got {getattr(self, name)!r}")
+                raise UserInputError(f"preprocessing.{name} must be true or false, got {getattr(self, name)!r}")
 
     @property
     def counts_per_photon(self) -> float:
@@ -108,5 +110,5 @@ class Preprocessing:
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValueError(f"unknown preprocessing key(s) {unknown}; known: {', '.join(known)}")
+            raise UserInputError(f"unknown preprocessing key(s) {unknown}; known: {', '.join(known)}")
         return cls(**data)

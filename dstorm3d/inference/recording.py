@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from dstorm3d.errors import UserInputError
 from dstorm3d.inference.preprocess import Preprocessing
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -56,7 +57,7 @@ CHANNEL_AXIS = "C"
 MAX_OPEN_FILES = 8
 
 
-class RecordingError(ValueError):
+class RecordingError(UserInputError):
     """A recording that cannot be read as camera frames; its one-line message names the problem and fix."""
 
 

@@ -14,7 +14,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from dstorm3d.inference.outputs import (
-    existing_outputs, merge_parts, overlay_panel, per_frame_counts, read_localizations, save_json, save_tiff,
+    existing_outputs,
+    merge_parts,
+    overlay_panel,
+    per_frame_counts,
+    read_localizations,
+    save_json,
+    save_tiff,
     super_resolution_render,
 )
 from dstorm3d.inference.preprocess import Preprocessing
@@ -24,6 +30,7 @@ from dstorm3d.inference.writer import LocalizationWriter
 from dstorm3d.modules.checkpoints import load_module, read_checkpoint_kind
 from dstorm3d.utils.cli import UserInputError, one_line, set_threads
 from dstorm3d.utils.rates import rate_text
+from dstorm3d.utils.validate import integer, number, writable_folder
 from dstorm3d.visualization import save_png
 
 log = logging.getLogger(__name__)
@@ -115,6 +122,19 @@ def resolve_tile(name: str, setting: Any, accelerator: str, auto: dict[bool, int
     return int(setting)
 
 
+def check_settings(cfg: DictConfig) -> Preprocessing:
+    """Every setting of ``infer.py`` checked before a model loads or a frame is read (one-line errors);
+    returns the camera preprocessing."""
+    integer("batch_size", cfg.batch_size, minimum=1, example=4)
+    integer("num_workers", cfg.num_workers, minimum=0, example=2)
+    integer("overlay_frames", cfg.overlay_frames, minimum=0, example=3)
+    number("render_pixel_nm", cfg.render_pixel_nm, above=0.0, example=20)
+    integer("margin", cfg.margin, minimum=0, allow_none=True, example=40)
+    number("threshold", cfg.threshold, minimum=0.0, allow_none=True, example=0.5)
+    set_threads(cfg.get("threads"))
+    return Preprocessing(**OmegaConf.to_container(cfg.preprocessing, resolve=True))
+
+
 def infer(cfg: DictConfig) -> dict[str, Any]:
     """Localize ``cfg.recording`` (``data=`` on the command line) with ``cfg.ckpt``; returns the summary
     written to ``summary.json``."""
@@ -122,14 +142,14 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     existing = existing_outputs(out, OUTPUT_FILES) + sorted(out.glob("overlay_frame*.png"))
     if existing and not cfg.overwrite:
         raise UserInputError(f"{existing[0]} exists: pass overwrite=true or choose another out=<folder>")
-    set_threads(cfg.get("threads"))
+    preprocessing = check_settings(cfg)
+    writable_folder("out", out)
     read_checkpoint_kind(cfg.ckpt)
     try:
         recording = open_recording(cfg.recording, channel=cfg.get("channel"), allow_float=bool(cfg.allow_float))
     except RecordingError as exc:
         raise UserInputError(str(exc)) from None
     module = load_module(cfg.ckpt)
-    preprocessing = Preprocessing(**OmegaConf.to_container(cfg.preprocessing, resolve=True))
 
     dataset = RecordingDataset(cfg.recording, preprocessing, channel=cfg.get("channel"), allow_float=bool(cfg.allow_float))
     loader = DataLoader(dataset, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), shuffle=False)
@@ -144,6 +164,9 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     tile = resolve_tile("tile", cfg.tile, accelerator, AUTO_TILE)
     head_tile = resolve_tile("head_tile", cfg.get("head_tile", "auto"), accelerator, AUTO_HEAD_TILE)
     check_applicable(module, recording.shape, tile, head_tile)
+    if cfg.margin is not None and tile is not None and int(cfg.margin) < required_margin(module.net):
+        log.warning("margin=%d is less than this network's reach of %d px: tiled results will differ from "
+                    "whole-frame ones (margin=null uses the reach)", int(cfg.margin), required_margin(module.net))
     module.predict_settings = {"tile": tile, "margin": cfg.margin, "threshold": cfg.threshold, "head_tile": head_tile}
     if channels_last:
         module.net.to(memory_format=torch.channels_last)
@@ -175,6 +198,9 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     save_tiff(np.stack([counts, mean_z]), out / "render_counts_zmean.tif",
               {**description, "channels": ["localizations per pixel", "mean z (nm)"]}, overwrite=overwrite)
     overlays = overlay_frames(module, recording, preprocessing, table, int(cfg.overlay_frames), out)
+    for stale in sorted(out.glob("overlay_frame*.png")):  # an earlier run's (overwrite=true): not this run's
+        if stale.name not in overlays:
+            stale.unlink()
 
     frames = per_frame_counts(table["frame"], len(recording))
     summary = {

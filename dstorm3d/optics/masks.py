@@ -13,13 +13,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dstorm3d.errors import UserInputError
 from dstorm3d.utils.files import atomic_write
 
 from .setup import OpticalSetup
 from .zernike import TETRAPOD_COEFFICIENTS, pupil_polar_grid, zernike_phase
 
 
-class MaskError(ValueError):
+class MaskError(UserInputError):
     """A phase-mask file or array that cannot be used with the requested setup."""
 
 

@@ -17,10 +17,12 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
+from dstorm3d.errors import UserInputError
+
 Aperture = Literal["water", "objective"]
 
 
-class SetupError(ValueError):
+class SetupError(UserInputError):
     """An optical setup that is physically impossible or cannot be sampled."""
 
 

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dstorm3d.utils.validate import is_number
+
 Range = tuple[float, float]
 #: A camera parameter: a number, a ``(lo, hi)`` range drawn uniformly per frame, or a tensor that
 #: broadcasts against the frames (``(H, W)`` per-pixel map, ``(B, 1, 1)`` per frame, ``(B, H, W)``).
@@ -53,10 +55,6 @@ def _default_device(device: torch.device | str | None, generator: torch.Generato
     if device is not None:
         return torch.device(device)
     return generator.device if generator is not None else torch.device("cpu")
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
 
 
 def _plain(value: Any) -> Any:
@@ -84,13 +82,13 @@ def _as_param(name: str, value: Any, minimum: float | None = None) -> Param:
     """Normalise a camera parameter: number → float, pair → (lo, hi) range, nested list/array → tensor."""
     if isinstance(value, Tensor):
         t = _as_float_tensor(value)
-    elif _is_number(value):
+    elif is_number(value):
         value = float(value)
         if not math.isfinite(value) or (minimum is not None and value < minimum):
             raise ValueError(f"camera.{name} must be a finite number ≥ {minimum}, got {value!r}")
         return value
     elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2 \
-            and all(_is_number(v) for v in value):
+            and all(is_number(v) for v in value):
         lo, hi = float(value[0]), float(value[1])
         if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
             raise ValueError(f"camera.{name} range must be (lo, hi) with lo ≤ hi, got {list(value)}")
@@ -113,7 +111,7 @@ def _as_param(name: str, value: Any, minimum: float | None = None) -> Param:
 
 
 def _check_positive(name: str, value: Any, upper: float | None = None) -> float:
-    if not _is_number(value) or not math.isfinite(float(value)) or float(value) <= 0:
+    if not is_number(value) or not math.isfinite(float(value)) or float(value) <= 0:
         raise ValueError(f"camera.{name} must be a positive number, got {value!r}")
     if upper is not None and float(value) > upper:
         raise ValueError(f"camera.{name} must be at most {upper}, got {value!r}")
@@ -121,7 +119,7 @@ def _check_positive(name: str, value: Any, upper: float | None = None) -> float:
 
 
 def _check_non_negative(name: str, value: Any) -> float:
-    if not _is_number(value) or not math.isfinite(float(value)) or float(value) < 0:
+    if not is_number(value) or not math.isfinite(float(value)) or float(value) < 0:
         raise ValueError(f"camera.{name} must be a number ≥ 0, got {value!r}")
     return float(value)
 
@@ -215,7 +213,7 @@ def smooth_unit_field(shape: Sequence[int], correlation_px: float, generator: to
     *lead, h, w = (int(s) for s in shape)
     if h < 1 or w < 1:
         raise ValueError(f"field shape must end in (H, W) with H, W ≥ 1, got {tuple(shape)}")
-    if not _is_number(correlation_px) or not math.isfinite(correlation_px) or correlation_px < 0:
+    if not is_number(correlation_px) or not math.isfinite(correlation_px) or correlation_px < 0:
         raise ValueError(f"correlation_px must be a number ≥ 0, got {correlation_px!r}")
     device = _default_device(device, generator)
     pad = min(int(math.ceil(3 * correlation_px)), max(h, w))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from dstorm3d.emitters import Emitters
+from dstorm3d.utils.validate import is_number
 
 if TYPE_CHECKING:
     from dstorm3d.optics.setup import OpticalSetup
@@ -31,10 +32,6 @@ PHOTON_KINDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
-
-
 def _pair(name: str, value: Any, integer: bool = False) -> tuple[float, float] | tuple[int, int]:
     """A number (→ (v, v)) or a (lo, hi) pair with 0 ≤ lo ≤ hi, as floats (or ints)."""
     if isinstance(value, Sequence) and not isinstance(value, str):
@@ -43,7 +40,7 @@ def _pair(name: str, value: Any, integer: bool = False) -> tuple[float, float] |
         lo, hi = value
     else:
         lo = hi = value
-    if not (_is_number(lo) and _is_number(hi)) or not (math.isfinite(lo) and math.isfinite(hi)):
+    if not (is_number(lo) and is_number(hi)) or not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"sampler.{name} must be finite numbers, got {value!r}")
     if integer and (int(lo) != lo or int(hi) != hi):
         raise ValueError(f"sampler.{name} must be integers, got {value!r}")
@@ -70,7 +67,7 @@ def _check_photons(spec: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": kind}
     for key in keys:
         value = spec[key]
-        if not _is_number(value) or not math.isfinite(value) or value < 0:
+        if not is_number(value) or not math.isfinite(value) or value < 0:
             raise ValueError(f"sampler.photons.{key} must be a number ≥ 0, got {value!r}")
         out[key] = float(value)
     if kind == "gamma" and (out["shape"] <= 0 or out["scale"] <= 0):
@@ -124,11 +121,11 @@ class EmitterSampler:
     def __post_init__(self) -> None:
         shape = self.frame_shape
         if not (isinstance(shape, Sequence) and len(shape) == 2
-                and all(_is_number(s) and int(s) == s and s >= 1 for s in shape)):
+                and all(is_number(s) and int(s) == s and s >= 1 for s in shape)):
             raise ValueError(f"sampler.frame_shape must be (H, W) with positive integers, got {shape!r}")
         object.__setattr__(self, "frame_shape", (int(shape[0]), int(shape[1])))
         dx = self.pixel_size_um
-        if not _is_number(dx) or not math.isfinite(dx) or dx <= 0:
+        if not is_number(dx) or not math.isfinite(dx) or dx <= 0:
             raise ValueError(f"sampler.pixel_size_um must be a positive number, got {dx!r}")
         object.__setattr__(self, "pixel_size_um", float(dx))
         object.__setattr__(self, "z_range_um", _pair("z_range_um", self.z_range_um))
@@ -141,19 +138,19 @@ class EmitterSampler:
         object.__setattr__(self, "photons", _check_photons(self.photons))
         for name in ("label_min_photons", "margin_px"):
             value = getattr(self, name)
-            if not _is_number(value) or not math.isfinite(value) or value < 0:
+            if not is_number(value) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"sampler.{name} must be a number ≥ 0, got {value!r}")
             object.__setattr__(self, name, float(value))
         if self.min_distance_um is not None:
             d = self.min_distance_um
-            if not _is_number(d) or not math.isfinite(d) or d < 0:
+            if not is_number(d) or not math.isfinite(d) or d < 0:
                 raise ValueError(f"sampler.min_distance_um must be a number ≥ 0 or None, got {d!r}")
             object.__setattr__(self, "min_distance_um", float(d))
         for name, minimum in (("max_emitters", 0), ("max_tries", 1)):
             value = getattr(self, name)
             if value is None and name == "max_emitters":
                 continue
-            if not _is_number(value) or int(value) != value or value < minimum:
+            if not is_number(value) or int(value) != value or value < minimum:
                 raise ValueError(f"sampler.{name} must be an integer ≥ {minimum}, got {value!r}")
             object.__setattr__(self, name, int(value))
 
@@ -309,7 +306,7 @@ def ellipsoid_surface(rng: np.random.Generator, n: int, centre_um: Sequence[floa
     ``abc·|u/radii|``, so each point is kept with probability ``min(radii)·|u/radii|`` (≤ 1), which makes
     the kept points uniform in area (uniform-in-angle points would crowd the poles and narrow ends).
     """
-    if isinstance(n, bool) or not _is_number(n) or int(n) != n or n < 0:
+    if isinstance(n, bool) or not is_number(n) or int(n) != n or n < 0:
         raise ValueError(f"ellipsoid_surface needs an integer n ≥ 0, got {n!r}")
     centre = np.asarray(centre_um, dtype=np.float64)
     radii = np.asarray(radii_um, dtype=np.float64)

@@ -8,21 +8,18 @@ from typing import Any, Callable, TypeVar
 
 from omegaconf.errors import OmegaConfBaseException
 
+from dstorm3d.errors import UserInputError
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 EXIT_USAGE = 2
 
 
-class UserInputError(ValueError):
-    """A problem with what the user asked for (file, setting); its message names the fix."""
-
-
 def user_errors() -> tuple[type[BaseException], ...]:
-    from dstorm3d.optics.masks import MaskError
-    from dstorm3d.optics.setup import SetupError
-
-    return (UserInputError, SetupError, MaskError, FileNotFoundError, FileExistsError, OmegaConfBaseException)
+    """Errors that end a command with one line and exit code 2 (every dstorm3d user error is a
+    :class:`UserInputError`; missing or existing files and config errors come from Python and OmegaConf)."""
+    return (UserInputError, FileNotFoundError, FileExistsError, OmegaConfBaseException)
 
 
 def set_threads(threads: Any) -> None:

@@ -1,0 +1,105 @@
+"""The validation kit of every command and config reader: typed, ranged settings, each refused with one line
+that names the key, the value, what is allowed and how to fix it.
+
+    batch = integer("batch_size", cfg.batch_size, minimum=1)              # infer.py batch_size=0 →
+    # error: batch_size=0: must be a whole number ≥ 1 (e.g. batch_size=4)
+    lr = number("model.optimizer.lr", cfg.model.optimizer.lr, above=0.0)
+
+Errors are :class:`~dstorm3d.utils.cli.UserInputError` (a ``ValueError``), so library code that raised
+``ValueError`` before raises the same kind of error now.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dstorm3d.utils.cli import UserInputError
+
+#: Free space an output folder must have before a command starts writing (bytes).
+MIN_FREE_BYTES = 64 * 1024 * 1024
+
+
+def is_number(value: Any) -> bool:
+    """A real number (Python or numpy), not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_finite_number(value: Any) -> bool:
+    return is_number(value) and math.isfinite(float(value))
+
+
+def _bounds(minimum: float | None, maximum: float | None, above: float | None) -> str:
+    parts = []
+    if above is not None:
+        parts.append(f"> {above:g}")
+    if minimum is not None:
+        parts.append(f"≥ {minimum:g}")
+    if maximum is not None:
+        parts.append(f"≤ {maximum:g}")
+    return " and ".join(parts)
+
+
+def number(key: str, value: Any, *, minimum: float | None = None, maximum: float | None = None,
+           above: float | None = None, allow_none: bool = False, example: Any = None) -> float | None:
+    """A finite number within the bounds (``above``: strictly greater), or ``None`` when allowed."""
+    if value is None and allow_none:
+        return None
+    ok = is_finite_number(value)
+    if ok:
+        v = float(value)
+        ok = (minimum is None or v >= minimum) and (maximum is None or v <= maximum) and (above is None or v > above)
+    if not ok:
+        raise UserInputError(_message(key, value, f"a number {_bounds(minimum, maximum, above)}".rstrip(),
+                                      allow_none, example if example is not None else (minimum or above or 1)))
+    return float(value)
+
+
+def integer(key: str, value: Any, *, minimum: int | None = None, maximum: int | None = None,
+            allow_none: bool = False, example: Any = None) -> int | None:
+    """A whole number within the bounds, or ``None`` when allowed."""
+    if value is None and allow_none:
+        return None
+    ok = is_number(value) and math.isfinite(float(value)) and float(value) == int(value)
+    if ok:
+        v = int(value)
+        ok = (minimum is None or v >= minimum) and (maximum is None or v <= maximum)
+    if not ok:
+        bounds = _bounds(minimum, maximum, None)
+        raise UserInputError(_message(key, value, f"a whole number {bounds}".rstrip(), allow_none,
+                                      example if example is not None else max(minimum or 1, 1)))
+    return int(value)
+
+
+def choice(key: str, value: Any, options: tuple[Any, ...]) -> Any:
+    if value not in options:
+        raise UserInputError(f"{key}={value!r}: must be one of {', '.join(map(str, options))}")
+    return value
+
+
+def _message(key: str, value: Any, allowed: str, allow_none: bool, example: Any) -> str:
+    tail = " or null" if allow_none else ""
+    return f"{key}={value!r}: must be {allowed}{tail} (e.g. {key}={example})"
+
+
+def writable_folder(key: str, folder: str | Path, min_free_bytes: int = MIN_FREE_BYTES) -> Path:
+    """Check, before any work, that ``folder`` can be created and written and has ``min_free_bytes`` free;
+    creates it (an empty folder is all it leaves behind)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".dstorm3d-write-check-"):
+            pass
+    except OSError as exc:
+        raise UserInputError(f"{key}={folder}: cannot write there ({exc.strerror or exc}): choose another "
+                             f"{key}=<folder>") from None
+    free = shutil.disk_usage(folder).free
+    if free < min_free_bytes:
+        raise UserInputError(f"{key}={folder}: only {free / 1e6:.0f} MB free on its disk (need "
+                             f"{min_free_bytes / 1e6:.0f} MB): free some space or choose another {key}=<folder>")
+    return folder
