@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,22 @@ def test_checkpoint_alone_rebuilds_a_localizer(tmp_path):
     frames = torch.rand(2, 24, 24) * 100
     localizations = model.localize(frames)
     assert localizations.batch_size == 2
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("data.batch_size=0", "data.batch_size=0: must be a whole number ≥ 1"),
+    ("data.train_samples=0", "data.train_samples=0: must be a whole number ≥ 1"),
+    ("model.optimizer.lr=abc", "model.optimizer.lr='abc': must be a number > 0"),
+    ("ckpt_path=/nowhere/last.ckpt", "ckpt_path=/nowhere/last.ckpt: checkpoint to resume from not found"),
+    ("threads=0", "threads must be a whole number ≥ 1"),
+])
+def test_bad_training_settings_are_refused_before_anything_is_built(tmp_path, setting, message):
+    from helpers_hydra import composed
+
+    from dstorm3d.errors import UserInputError
+    from dstorm3d.training import train
+
+    with composed("train.yaml", [*TINY, "logger=csv", setting], tmp_path) as cfg:
+        with pytest.raises(UserInputError, match=re.escape(message)):
+            train(cfg)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "csv").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from dstorm3d.inference.tiling import required_head_margin, required_margin
 from dstorm3d.inference.writer import LocalizationWriter
 from dstorm3d.modules.checkpoints import load_module, read_checkpoint_kind
 from dstorm3d.utils.cli import UserInputError, one_line, set_threads
+from dstorm3d.utils.files import FolderLock
 from dstorm3d.utils.rates import rate_text
 from dstorm3d.utils.validate import integer, number, writable_folder
 from dstorm3d.visualization import save_png
@@ -135,15 +137,39 @@ def check_settings(cfg: DictConfig) -> Preprocessing:
     return Preprocessing(**OmegaConf.to_container(cfg.preprocessing, resolve=True))
 
 
-def infer(cfg: DictConfig) -> dict[str, Any]:
-    """Localize ``cfg.recording`` (``data=`` on the command line) with ``cfg.ckpt``; returns the summary
-    written to ``summary.json``."""
-    out = Path(cfg.out)
+def refuse_existing_outputs(cfg: DictConfig, out: Path) -> None:
     existing = existing_outputs(out, OUTPUT_FILES) + sorted(out.glob("overlay_frame*.png"))
     if existing and not cfg.overwrite:
         raise UserInputError(f"{existing[0]} exists: pass overwrite=true or choose another out=<folder>")
+
+
+def is_launched_rank() -> bool:
+    """A DDP process started by rank 0's launcher (rank 0 holds the output lock for all of them)."""
+    return any(int(os.environ.get(name, "0") or 0) > 0 for name in ("LOCAL_RANK", "NODE_RANK"))
+
+
+def infer(cfg: DictConfig) -> dict[str, Any]:
+    """Localize ``cfg.recording`` (``data=`` on the command line) with ``cfg.ckpt``; returns the summary
+    written to ``summary.json``. One run at a time per ``out`` folder (:class:`FolderLock`); on any error
+    the hidden part files are removed, so nothing in ``out`` looks like a result."""
+    out = Path(cfg.out)
+    refuse_existing_outputs(cfg, out)
     preprocessing = check_settings(cfg)
     writable_folder("out", out)
+    if is_launched_rank():
+        return localize_recording(cfg, out, preprocessing)
+    with FolderLock(out):
+        refuse_existing_outputs(cfg, out)  # again, now that no other run can be writing here
+        try:
+            return localize_recording(cfg, out, preprocessing)
+        except BaseException:
+            for part in out.glob(".localizations.rank*.part.csv"):
+                part.unlink(missing_ok=True)
+            raise
+
+
+def localize_recording(cfg: DictConfig, out: Path, preprocessing: Preprocessing) -> dict[str, Any]:
+    """The work of :func:`infer` once its settings and its output folder are checked and claimed."""
     read_checkpoint_kind(cfg.ckpt)
     try:
         recording = open_recording(cfg.recording, channel=cfg.get("channel"), allow_float=bool(cfg.allow_float))

@@ -3,8 +3,12 @@ nothing left in ``out`` that looks like a result — also when the bad frame is 
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -86,3 +90,70 @@ def test_writable_folder_refuses_a_folder_that_cannot_be_made_or_is_full(tmp_pat
     with pytest.raises(UserInputError, match="MB free on its disk"):
         writable_folder("out", tmp_path / "ok", min_free_bytes=1 << 62)
     assert writable_folder("out", tmp_path / "ok2").is_dir()
+
+
+def infer_command(checkpoint, data, out, tmp_path, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO_ROOT / "infer.py"), f"ckpt={checkpoint}", f"data={data}", f"out={out}",
+            "num_workers=0", "overlay_frames=0", f"hydra.run.dir={tmp_path / 'hydra'}", *extra]
+
+
+def recording(tmp_path, frames: int):
+    path = tmp_path / f"rec{frames}.tif"
+    data = np.random.default_rng(1).poisson(40.0, (frames, FRAME_PX, FRAME_PX)).astype(np.uint16)
+    tifffile.imwrite(path, data, photometric="minisblack")
+    return path
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_on_one_out_leave_one_complete_output_and_one_clear_refusal(checkpoint, tmp_path):
+    data, out = recording(tmp_path, 300), tmp_path / "out"
+    runs = [subprocess.Popen(infer_command(checkpoint, data, out, tmp_path / f"h{i}", "batch_size=1"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path) for i in (0, 1)]
+    results = [(run.wait(timeout=600), *run.communicate()) for run in runs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], [r[2][-1500:] for r in results]
+    refusal = next(err for code, _, err in results if code == 2).strip().splitlines()[-1]
+    assert refusal.startswith("error: ") and ("is in use by another run" in refusal or "exists" in refusal), refusal
+    summary = json.loads((out / "summary.json").read_text())
+    with open(out / "localizations.csv") as handle:
+        rows = sum(1 for _ in handle) - 1
+    assert summary["frames"] == 300 and summary["localizations"] == rows  # complete and consistent
+    assert not list(out.glob(".*"))  # no part file, no lock left
+
+
+@pytest.mark.slow
+def test_a_run_killed_midway_leaves_nothing_that_looks_complete_and_the_rerun_takes_over(checkpoint, tmp_path):
+    data, out = recording(tmp_path, 2000), tmp_path / "out"
+    run = subprocess.Popen(infer_command(checkpoint, data, out, tmp_path, "batch_size=1"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    deadline = time.monotonic() + 240
+    while not list(out.glob(".localizations.rank*.part.csv")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert run.poll() is None, "the run ended before it could be killed"
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=60)
+    assert not (out / "localizations.csv").exists() and not (out / "summary.json").exists()
+    assert (out / ".dstorm3d.lock").read_text() == str(run.pid)  # stale: its process is gone
+    small = recording(tmp_path, 3)
+    result = subprocess.run(infer_command(checkpoint, small, out, tmp_path / "again"), capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert json.loads((out / "summary.json").read_text())["frames"] == 3
+    assert not (out / ".dstorm3d.lock").exists()
+
+
+def test_a_live_lock_is_refused_and_released_after_use(tmp_path):
+    from dstorm3d.errors import UserInputError
+    from dstorm3d.utils.files import FolderLock
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / ".dstorm3d.lock").write_text(str(holder.pid))
+        with pytest.raises(UserInputError, match=rf"is in use by another run \(process {holder.pid}"):
+            FolderLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with FolderLock(tmp_path) as lock:  # the holder is gone: its lock is stale and taken over
+        assert lock.path.read_text() == str(os.getpid())
+    assert not (tmp_path / ".dstorm3d.lock").exists()
