@@ -39,9 +39,9 @@ log = logging.getLogger(__name__)
 
 OUTPUT_FILES = ("localizations.csv", "render.png", "render.tif", "render_counts_zmean.tif", "summary.json")
 MIN_FRAME_PX = 8
-# ``auto`` tiles (camera pixels) {on a CPU: ..., elsewhere: ...}. On 2 CPU cores a whole 492 × 332 frame took
-# 31 s with the head on 64-px tiles and the network channels-last, 40 s without; outer tiles of 256 px
-# cost 1.3× there for their context (the head tiles already bound the memory). GPUs: the head whole.
+# ``auto`` tiles (camera pixels) {on a CPU: ..., elsewhere: ...}: on CPUs the head on cache-sized 64-px tiles
+# and large outer tiles (their context costs time; the head tiles already bound the memory); on GPUs the
+# head whole. The choice is measured by benchmarks/inference.py (results in benchmarks/results/).
 AUTO_TILE = {True: 1024, False: 256}
 AUTO_HEAD_TILE = {True: 64, False: None}
 
@@ -104,8 +104,8 @@ def overlay_frames(module: Any, recording: Any, preprocessing: Preprocessing, ta
 
 
 def use_channels_last(setting: str | bool, accelerator: str) -> bool:
-    """``channels_last`` setting: true/false, or ``auto`` = on CPUs only (oneDNN convolutions ran 1.1–1.4× faster
-    there; on GPUs the network was no faster and the post-processing slower)."""
+    """``channels_last`` setting: true/false, or ``auto`` = on CPUs only (where oneDNN's convolutions gain from
+    it; on GPUs it did not help: benchmarks/results/inference_*channels_last*.md)."""
     if isinstance(setting, bool):
         return setting
     if str(setting).lower() != "auto":

@@ -10,7 +10,7 @@ Inside each frame or tile, the head can run on tiles of its own (``head_tile``):
 features (at camera resolution, cheap) on the whole crop, and the head (the paper's volumetric head does
 ~97 % of the arithmetic, on a 4× finer grid with 121 channels) runs on tiles of those features with only
 the head's own, small reach as context. Same results again; on CPUs the smaller activations stay in cache
-(a whole 492 × 332 frame on 2 cores: 39.7 → 31.3 s with 64-px head tiles, the network channels-last).
+(benchmarks/inference.py measures the gain).
 """
 
 from __future__ import annotations

@@ -8,9 +8,8 @@ the output has the input's shape and equals a dense ``conv3d`` with the ``(2r+1)
 Implementation: three 1-D passes, each a sum of shifted slices (``out[i] += g_j·(x[i−j] + x[i+j])``)
 accumulated in place without padding copies. The blur is self-adjoint (symmetric kernel, zero padding),
 so the backward pass is the same blur applied to the incoming gradient; a custom autograd function
-does that instead of recording ~40 in-place view operations. Measured on 2 shared CPU cores against
-``F.conv3d`` with the dense 7³ kernel: 11–23× faster forward on (4, 41, 128, 128) and (2, 121, 484, 484),
-7–50× forward + backward (memory-bound, so the ratio depends on the load of the machine).
+does that instead of recording ~40 in-place view operations. It is much faster than ``F.conv3d`` with the
+dense 7³ kernel, forward and backward (memory-bound; benchmarks/training.py times the loss in the step).
 """
 
 from __future__ import annotations

@@ -48,8 +48,8 @@ class Workspace:
     A renderer that evaluates its emitters chunk by chunk passes one workspace to every chunk, so each
     large intermediate (pupil planes, half-transformed planes, fields) is allocated once per call instead
     of once per chunk, and the chunks keep reusing memory that is still in cache. With the in-place steps
-    of :meth:`PupilModel.pupil_planes` and :meth:`PupilModel.field_planes` this made exact CPU rendering
-    of 121² frames 22 % faster (2 cores; reuse alone: 5 %). A tensor returned by a method that was given
+    of :meth:`PupilModel.pupil_planes` and :meth:`PupilModel.field_planes` this speeds up exact CPU
+    rendering (benchmarks/simulation.py measures it). A tensor returned by a method that was given
     a workspace is only valid until the next call that uses the same workspace.
     """
 

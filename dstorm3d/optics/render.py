@@ -80,8 +80,8 @@ def patch_canvas(reference: Tensor, n_frames: int, frame_shape: tuple[int, int],
 def emitter_chunk(device: torch.device, grid: tuple[int, int], cache_bytes: int = 4 << 20) -> int | None:
     """Emitters rendered together on a CPU: enough that each matrix product is large, few enough that one
     chunk's fields (real and imaginary planes, ``2 × chunk × H × W`` float32) stay in cache (~4 MiB;
-    35 emitters of 121² pixels). Measured on 2 cores: whole 121² frames 2.2× faster than all emitters at
-    once. ``None`` (all at once) on accelerators, whose kernels want the largest batches."""
+    35 emitters of 121² pixels; the gain is measured by benchmarks/simulation.py). ``None`` (all at once)
+    on accelerators, whose kernels want the largest batches."""
     if device.type != "cpu":
         return None
     return max(8, cache_bytes // (grid[0] * grid[1] * 8))

@@ -235,7 +235,7 @@ def smooth_unit_field(shape: Sequence[int], correlation_px: float, generator: to
 def lowpass_matrix(keep: int, period: int, correlation_px: float) -> Tensor:
     """``(keep, period)`` rows of the circulant matrix that filters a length-``period`` periodic signal by
     the Gaussian transfer exp(−2π²σ²ν²) (σ = ``correlation_px``): the same result as filtering with FFTs,
-    as matrix products that compute only the ``keep`` samples used (3× faster on CPU for 121-px maps).
+    as matrix products that compute only the ``keep`` samples used (cheaper on CPUs than FFTs here).
     Float64 on the CPU, cached (callers convert; do not modify the result in place)."""
     nu = torch.fft.fftfreq(period, dtype=torch.float64)
     taps = torch.fft.ifft(torch.exp(-2 * math.pi ** 2 * correlation_px ** 2 * nu ** 2)).real  # c[m]
