@@ -31,13 +31,23 @@ def read_checkpoint_kind(path: str | Path) -> str:
         raise UserInputError(
             f"{path} is not a dstorm3d localization checkpoint (no 'dstorm3d' record): use a checkpoint written "
             "by train.py or by `python -m dstorm3d.import_weights`")
+    missing = [key for key in ("state_dict", "hyper_parameters") if not raw.get(key)]
+    if missing:
+        raise UserInputError(f"{path} is an incomplete dstorm3d checkpoint (no {' or '.join(missing)}): use the "
+                             "file as train.py or `python -m dstorm3d.import_weights` wrote it")
     return str(info["kind"])
 
 
 def load_module(path: str | Path, map_location: str | torch.device = "cpu"):
-    """A trained module, in eval mode, from a dstorm3d checkpoint alone."""
+    """A trained module, in eval mode, from a dstorm3d checkpoint alone; a damaged one (missing or
+    mismatched tensors, unusable settings) is a one-line :class:`UserInputError`."""
     cls = module_classes()[read_checkpoint_kind(path)]
-    module = cls.load_from_checkpoint(str(path), map_location=map_location, weights_only=True)
+    try:
+        module = cls.load_from_checkpoint(str(path), map_location=map_location, weights_only=True)
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserInputError(f"{path} cannot be loaded as a {cls.__name__} ({first[:200]}): the file is "
+                             "damaged or was edited; use the file as train.py wrote it") from None
     return module.eval()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -157,3 +158,24 @@ def test_a_live_lock_is_refused_and_released_after_use(tmp_path):
     with FolderLock(tmp_path) as lock:  # the holder is gone: its lock is stale and taken over
         assert lock.path.read_text() == str(os.getpid())
     assert not (tmp_path / ".dstorm3d.lock").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("hyper_parameters", "incomplete dstorm3d checkpoint (no hyper_parameters)"),
+    ("half_state", "cannot be loaded as a LocalizerModule"),
+])
+def test_a_damaged_checkpoint_is_one_line(checkpoint, tmp_path, damage, message):
+    import torch
+
+    from dstorm3d.errors import UserInputError
+    from dstorm3d.modules.checkpoints import load_module
+
+    raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if damage == "hyper_parameters":
+        raw.pop("hyper_parameters")
+    else:
+        keys = sorted(raw["state_dict"])
+        raw["state_dict"] = {k: raw["state_dict"][k] for k in keys[: len(keys) // 2]}
+    torch.save(raw, tmp_path / "damaged.ckpt")
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        load_module(tmp_path / "damaged.ckpt")
