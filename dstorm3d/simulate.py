@@ -57,7 +57,7 @@ from dstorm3d.simulation.sampling import ellipsoid_surface
 from dstorm3d.simulation.simulator import stream_seed
 from dstorm3d.utils.cli import UserInputError, run_or_exit
 from dstorm3d.utils.paths import CONFIG_DIR, register_root
-from dstorm3d.utils.validate import is_finite_number
+from dstorm3d.utils.validate import choice, flag, integer, mapping, number, pair
 
 log = logging.getLogger(__name__)
 
@@ -85,58 +85,6 @@ EMITTERS_PER_RENDER = 2048     # emitters per render call (memory stays bounded 
 UINT16_MAX = 65535
 
 
-# ---------------------------------------------------------------------------------------- validation
-def _integer(value: Any, key: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UserInputError(f"{key} must be an integer ≥ {minimum}, got {value!r}")
-    return value
-
-
-def _number(value: Any, key: str, minimum: float | None = None, above: float | None = None,
-            maximum: float | None = None) -> float:
-    """A finite number, optionally ≥ ``minimum``, > ``above`` and ≤ ``maximum``."""
-    ok = is_finite_number(value) and (minimum is None or value >= minimum) and (above is None or value > above) \
-        and (maximum is None or value <= maximum)
-    if not ok:
-        bounds = [(minimum, "≥"), (above, ">"), (maximum, "≤")]
-        wanted = " and ".join(f"{sign} {bound:g}" for bound, sign in bounds if bound is not None)
-        raise UserInputError(f"{key} must be a number{' ' + wanted if wanted else ''}, got {value!r}")
-    return float(value)
-
-
-def _pair(value: Any, key: str, minimum: float | None = None) -> tuple[float, float]:
-    """A ``[lo, hi]`` range with lo ≤ hi (a single number means [v, v])."""
-    pair = [value, value] if is_finite_number(value) else value
-    if not (isinstance(pair, Sequence) and not isinstance(pair, str) and len(pair) == 2
-            and all(is_finite_number(v) for v in pair) and pair[0] <= pair[1]
-            and (minimum is None or pair[0] >= minimum)):
-        floor = f"{minimum:g} ≤ " if minimum is not None else ""
-        raise UserInputError(f"{key} must be a number or [lo, hi] with {floor}lo ≤ hi, got {value!r}")
-    return float(pair[0]), float(pair[1])
-
-
-def _flag(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise UserInputError(f"{key} must be true or false, got {value!r}")
-    return value
-
-
-def _mapping(value: Any, key: str, known: Sequence[str] | None = None) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise UserInputError(f"{key} must be a mapping, got {value!r}")
-    if known is not None:
-        unknown = sorted(set(value) - set(known))
-        if unknown:
-            raise UserInputError(f"unknown {key} key(s) {unknown}; known: {list(known)}")
-    return dict(value)
-
-
-def _choice(value: Any, key: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise UserInputError(f"{key} must be one of {' | '.join(choices)}, got {value!r}")
-    return value
-
-
 # ---------------------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
 class FilamentSettings:
@@ -149,11 +97,11 @@ class FilamentSettings:
 
     @classmethod
     def from_config(cls, config: Any) -> "FilamentSettings":
-        c = _mapping(config, "filaments", [f for f in cls.__dataclass_fields__])
-        return cls(count=_integer(c.get("count"), "filaments.count", 1),
-                   control_points=_integer(c.get("control_points"), "filaments.control_points", 2),
-                   wiggle_um=_number(c.get("wiggle_um"), "filaments.wiggle_um", minimum=0),
-                   tube_radius_um=_number(c.get("tube_radius_um"), "filaments.tube_radius_um", minimum=0))
+        c = mapping("filaments", config, [f for f in cls.__dataclass_fields__])
+        return cls(count=integer("filaments.count", c.get("count"), minimum=1),
+                   control_points=integer("filaments.control_points", c.get("control_points"), minimum=2),
+                   wiggle_um=number("filaments.wiggle_um", c.get("wiggle_um"), minimum=0),
+                   tube_radius_um=number("filaments.tube_radius_um", c.get("tube_radius_um"), minimum=0))
 
 
 @dataclass(frozen=True)
@@ -166,13 +114,13 @@ class EllipsoidSettings:
 
     @classmethod
     def from_config(cls, config: Any) -> "EllipsoidSettings":
-        c = _mapping(config, "ellipsoids", [f for f in cls.__dataclass_fields__])
-        lateral = _pair(c.get("lateral_radius_um"), "ellipsoids.lateral_radius_um", minimum=0)
-        axial = _pair(c.get("axial_fraction"), "ellipsoids.axial_fraction", minimum=0)
+        c = mapping("ellipsoids", config, [f for f in cls.__dataclass_fields__])
+        lateral = pair("ellipsoids.lateral_radius_um", c.get("lateral_radius_um"), minimum=0)
+        axial = pair("ellipsoids.axial_fraction", c.get("axial_fraction"), minimum=0)
         if lateral[0] <= 0 or axial[0] <= 0 or axial[1] > 1:
             raise UserInputError("ellipsoids need lateral_radius_um > 0 and axial_fraction in (0, 1], got "
                                  f"{list(lateral)} and {list(axial)}")
-        return cls(count=_integer(c.get("count"), "ellipsoids.count", 1), lateral_radius_um=lateral,
+        return cls(count=integer("ellipsoids.count", c.get("count"), minimum=1), lateral_radius_um=lateral,
                    axial_fraction=axial)
 
 
@@ -187,13 +135,12 @@ class BlinkingSettings:
 
     @classmethod
     def from_config(cls, config: Any) -> "BlinkingSettings":
-        c = _mapping(config, "blinking", [f for f in cls.__dataclass_fields__])
+        c = mapping("blinking", config, [f for f in cls.__dataclass_fields__])
         duty = c.get("duty_cycle")
-        return cls(model=_choice(c.get("model"), "blinking.model", BLINKING_MODELS),
-                   density_per_um2=_number(c.get("density_per_um2"), "blinking.density_per_um2", above=0),
-                   duty_cycle=None if duty is None else _number(duty, "blinking.duty_cycle", above=0,
-                                                                 maximum=1),
-                   mean_on_frames=_number(c.get("mean_on_frames"), "blinking.mean_on_frames", minimum=1))
+        return cls(model=choice("blinking.model", c.get("model"), BLINKING_MODELS),
+                   density_per_um2=number("blinking.density_per_um2", c.get("density_per_um2"), above=0),
+                   duty_cycle=None if duty is None else number("blinking.duty_cycle", duty, above=0, maximum=1),
+                   mean_on_frames=number("blinking.mean_on_frames", c.get("mean_on_frames"), minimum=1))
 
 
 @dataclass(frozen=True)
@@ -208,14 +155,14 @@ class PhotonDistribution:
 
     @classmethod
     def from_config(cls, config: Any) -> "PhotonDistribution":
-        c = _mapping(config, "photons")
-        kind = _choice(c.get("kind"), "photons.kind", tuple(cls.KEYS))
+        c = mapping("photons", config)
+        kind = choice("photons.kind", c.get("kind"), tuple(cls.KEYS))
         keys = cls.KEYS[kind]
         extra = sorted(set(c) - {"kind", *keys})
         if extra:
             raise UserInputError(f"photons of kind {kind} take the keys {list(keys)}, not {extra} (replace "
                                  f"the whole entry: ~photons '+photons={{kind: {kind}, ...}}')")
-        params = {k: _number(c.get(k), f"photons.{k}", minimum=0) for k in keys}
+        params = {k: number(f"photons.{k}", c.get(k), minimum=0) for k in keys}
         if kind == "gamma" and min(params.values()) <= 0:
             raise UserInputError(f"photons gamma needs shape > 0 and scale > 0, got {params}")
         if kind == "uniform" and params["low"] > params["high"]:
@@ -266,23 +213,23 @@ class SimulationSettings:
         if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
             raise UserInputError(f"device must be cpu or cuda[:index], got {device!r}")
         return cls(
-            seed=_integer(config.get("seed"), "seed", 0),
+            seed=integer("seed", config.get("seed"), minimum=0),
             device=device,
-            frames=_integer(config.get("frames"), "frames", 1),
-            frame_shape=(_integer(shape[0], "frame_shape[0] (H)", 1),
-                         _integer(shape[1], "frame_shape[1] (W)", 1)),
-            z_range_um=None if z_range is None else _pair(z_range, "z_range_um", minimum=0),
-            structure=_choice(config.get("structure"), "structure", STRUCTURES),
-            emitters=_integer(config.get("emitters"), "emitters", 1),
+            frames=integer("frames", config.get("frames"), minimum=1),
+            frame_shape=(integer("frame_shape[0] (H)", shape[0], minimum=1),
+                         integer("frame_shape[1] (W)", shape[1], minimum=1)),
+            z_range_um=None if z_range is None else pair("z_range_um", z_range, minimum=0),
+            structure=choice("structure", config.get("structure"), STRUCTURES),
+            emitters=integer("emitters", config.get("emitters"), minimum=1),
             filaments=FilamentSettings.from_config(config.get("filaments")),
             ellipsoids=EllipsoidSettings.from_config(config.get("ellipsoids")),
             blinking=BlinkingSettings.from_config(config.get("blinking")),
             photons=PhotonDistribution.from_config(config.get("photons")),
-            blur_sigma_px=None if blur is None else _pair(blur, "blur_sigma_px", minimum=0),
-            render_window_px=_integer(config.get("render_window_px"), "render_window_px", 8),
-            background=_mapping(config.get("background"), "background"),
-            background_per_frame=_flag(config.get("background_per_frame"), "background_per_frame"),
-            camera=_mapping(config.get("camera"), "camera"),
+            blur_sigma_px=None if blur is None else pair("blur_sigma_px", blur, minimum=0),
+            render_window_px=integer("render_window_px", config.get("render_window_px"), minimum=8),
+            background=mapping("background", config.get("background")),
+            background_per_frame=flag("background_per_frame", config.get("background_per_frame")),
+            camera=mapping("camera", config.get("camera")),
         )
 
 
@@ -586,7 +533,7 @@ def with_fixed_read_noise_map(camera: Camera, shape: tuple[int, int], generator:
 def plan_simulation(config: Mapping[str, Any]) -> SimulationPlan:
     """Validate every setting, build the optics, camera, background and the sample (nothing is written)."""
     settings = SimulationSettings.from_config(config)
-    optics = _mapping(config.get("optics"), "optics")
+    optics = mapping("optics", config.get("optics"))
     setup = setup_from_config(optics)
     setup.check_window(settings.render_window_px)
     z_range = settings.z_range_um or setup.z_range_um
@@ -831,7 +778,7 @@ def simulate(cfg: DictConfig) -> Path:
     """Resolve the config, plan, write; return the output folder."""
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
-    overwrite = _flag(config.get("overwrite"), "overwrite")
+    overwrite = flag("overwrite", config.get("overwrite"))
     out = config.get("out")
     if out is None:
         from hydra.core.hydra_config import HydraConfig

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +77,38 @@ def integer(key: str, value: Any, *, minimum: int | None = None, maximum: int | 
     return int(value)
 
 
-def choice(key: str, value: Any, options: tuple[Any, ...]) -> Any:
+def choice(key: str, value: Any, options: Sequence[Any]) -> Any:
     if value not in options:
         raise UserInputError(f"{key}={value!r}: must be one of {', '.join(map(str, options))}")
     return value
+
+
+def pair(key: str, value: Any, *, minimum: float | None = None) -> tuple[float, float]:
+    """A ``[lo, hi]`` range with lo ≤ hi (a single number means ``[v, v]``)."""
+    both = [value, value] if is_finite_number(value) else value
+    if not (isinstance(both, (list, tuple)) and len(both) == 2 and all(is_finite_number(v) for v in both)
+            and both[0] <= both[1] and (minimum is None or both[0] >= minimum)):
+        floor = f"{minimum:g} ≤ " if minimum is not None else ""
+        raise UserInputError(f"{key}={value!r}: must be a number or [lo, hi] with {floor}lo ≤ hi "
+                             f"(e.g. {key}=[{minimum or 0:g},1])")
+    return float(both[0]), float(both[1])
+
+
+def flag(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise UserInputError(f"{key}={value!r}: must be true or false")
+    return value
+
+
+def mapping(key: str, value: Any, known: Sequence[str] | None = None) -> dict[str, Any]:
+    """A mapping, whose keys (when ``known`` is given) are all known."""
+    if not isinstance(value, Mapping):
+        raise UserInputError(f"{key}={value!r}: must be a mapping (e.g. {key}={{...}})")
+    if known is not None:
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise UserInputError(f"{key}: unknown key(s) {unknown}; known: {list(known)}")
+    return dict(value)
 
 
 def _message(key: str, value: Any, allowed: str, allow_none: bool, example: Any) -> str:
