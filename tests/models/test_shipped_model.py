@@ -26,11 +26,12 @@ from dstorm3d.utils.paths import REPO_ROOT
 SHIPPED = REPO_ROOT / "models" / "storm_tetrapod.ckpt"
 STORM_CAMERA = {"kind": "readout", "baseline": [20.0, 40.0], "read_noise": [8.0, 12.0],
                 "read_noise_correlation_px": 16.0}
-# Measured on these 12 frames (seed 7, 10 per field, 117 labelled emitters) with the shipped checkpoint:
-# Jaccard 0.000, RMSE 0.0 / 0.0 nm (filled in below); an untrained network of the same architecture: 0.000.
-JACCARD_FLOOR = 0.0
-RMSE_LAT_CEILING_NM = 0.0
-RMSE_AX_CEILING_NM = 0.0
+# Measured on these 12 frames (seed 7, 10 per field, 83 labelled emitters) with the shipped checkpoint:
+# Jaccard 0.812 (69 TP, 2 FP, 14 FN), RMSE 23.2 / 37.2 nm; an untrained network of the same architecture:
+# Jaccard 0.000. Floors leave room for arithmetic drift (about one tenth).
+JACCARD_FLOOR = 0.72
+RMSE_LAT_CEILING_NM = 30.0
+RMSE_AX_CEILING_NM = 47.0
 
 
 def fixed_set_scores(module) -> dict[str, float]:
@@ -88,5 +89,6 @@ def test_shipped_model_finds_what_the_authors_network_found_on_real_frame_01(shi
         rows = [r for r in csv.DictReader(handle) if float(r["frame"]) == 1]
     theirs = np.array([[float(r["x_nm"]), float(r["y_nm"]), float(r["z_nm"])] for r in rows]) / 1e3
     match = match_frame(ours, theirs, threshold_nm=150.0)
-    # measured: 0 of the authors' 0 localizations matched, 0 of ours unmatched
-    assert match.tp >= 0 * len(theirs), (match.tp, len(theirs), len(ours))
+    # measured: 37 of the authors' 47 localizations matched within 150 nm (79 %); ours: 54 in all
+    assert len(theirs) == 47
+    assert match.tp >= 0.65 * len(theirs), (match.tp, len(theirs), len(ours))
