@@ -7,7 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from dstorm3d.utils.cli import run_or_exit
+from dstorm3d.utils.cli import exit_on_bad_overrides, run_or_exit
 from dstorm3d.utils.paths import register_root
 
 register_root()
@@ -28,4 +28,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.argv = recording_argument(sys.argv)
+    exit_on_bad_overrides("infer.yaml")
     main()

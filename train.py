@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from dstorm3d.utils.cli import run_or_exit
+from dstorm3d.utils.cli import exit_on_bad_overrides, run_or_exit
 from dstorm3d.utils.paths import register_root
 
 register_root()
@@ -20,4 +20,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    exit_on_bad_overrides("train.yaml")
     main()

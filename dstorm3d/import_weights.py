@@ -33,7 +33,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dstorm3d.utils.cli import UserInputError, run_or_exit
+from dstorm3d.utils.cli import UserInputError, exit_on_bad_overrides, run_or_exit
 from dstorm3d.utils.files import atomic_write
 from dstorm3d.utils.paths import CONFIG_DIR, register_root
 
@@ -233,4 +233,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     register_root()
+    exit_on_bad_overrides("import_weights.yaml")
     main()

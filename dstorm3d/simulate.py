@@ -55,7 +55,7 @@ from dstorm3d.simulation.background import BackgroundModel, background_from_conf
 from dstorm3d.simulation.camera import Camera, ReadoutCamera, camera_from_config, smooth_random_map
 from dstorm3d.simulation.sampling import ellipsoid_surface
 from dstorm3d.simulation.simulator import stream_seed
-from dstorm3d.utils.cli import UserInputError, run_or_exit
+from dstorm3d.utils.cli import UserInputError, exit_on_bad_overrides, run_or_exit
 from dstorm3d.utils.paths import CONFIG_DIR, register_root
 from dstorm3d.utils.validate import choice, flag, integer, mapping, number, pair
 
@@ -811,4 +811,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     register_root()
+    exit_on_bad_overrides("simulate")
     main()

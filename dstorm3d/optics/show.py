@@ -23,7 +23,6 @@ import csv
 import io
 import json
 import math
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,48 +33,27 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from dstorm3d.optics.config import mask_from_config, setup_from_config
 from dstorm3d.optics.crlb import crlb
-from dstorm3d.optics.masks import BUILTIN_MASKS, MaskError, aperture_support
+from dstorm3d.optics.masks import BUILTIN_MASKS, aperture_support
 from dstorm3d.utils.files import atomic_write
 from dstorm3d.optics.pupil import PupilModel
-from dstorm3d.optics.setup import OpticalSetup, SetupError
+from dstorm3d.errors import UserInputError
+from dstorm3d.optics.setup import OpticalSetup
+from dstorm3d.utils.cli import exit_on_bad_overrides, run_or_exit
 from dstorm3d.utils.paths import CONFIG_DIR, register_root
+from dstorm3d.utils.validate import flag, integer, number
 
 OUTPUT_FILES = ("psf_zstack.tif", "psf_montage.png", "phase_mask.png", "crlb.csv", "crlb.png", "summary.json")
-EXIT_BAD_INPUT = 2
 CRLB_COLUMNS = ("z_um", "x_nm", "y_nm", "z_nm", "photons_std", "background_std")
 
 
-class ShowError(ValueError):
+class ShowError(UserInputError):
     """A ``show.*`` setting that cannot be used."""
 
 
 # ---------------------------------------------------------------------------------------- settings
-def _integer(config: Mapping[str, Any], key: str, minimum: int) -> int:
-    value = config.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ShowError(f"show.{key} must be an integer ≥ {minimum}, got {value!r}")
-    return value
-
-
-def _positive(config: Mapping[str, Any], key: str) -> float:
-    value = config.get(key)
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not (number and math.isfinite(value) and value > 0):
-        raise ShowError(f"show.{key} must be a positive number, got {value!r}")
-    return float(value)
-
-
-def _flag(config: Mapping[str, Any], key: str) -> bool:
-    value = config.get(key)
-    if not isinstance(value, bool):
-        raise ShowError(f"show.{key} must be true or false, got {value!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class ShowSettings:
     """The validated ``show`` config group (see ``configs/show.yaml``)."""
@@ -91,17 +69,19 @@ class ShowSettings:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ShowSettings":
-        crlb_window = config.get("crlb_window_px")
+        def get(key: str) -> Any:
+            return f"show.{key}", config.get(key)
+
         return cls(
-            z_slices=_integer(config, "z_slices", 1),
-            window_px=_integer(config, "window_px", 3),
-            shared_colour_scale=_flag(config, "shared_colour_scale"),
-            photons=_positive(config, "photons"),
+            z_slices=integer(*get("z_slices"), minimum=1),
+            window_px=integer(*get("window_px"), minimum=3),
+            shared_colour_scale=flag(*get("shared_colour_scale")),
+            photons=number(*get("photons"), above=0.0, example=10000),
             # zero background leaves pixels without signal at μ = 0 and the Fisher information undefined
-            background=_positive(config, "background"),
-            emccd=_flag(config, "emccd"),
-            crlb_z_points=_integer(config, "crlb_z_points", 1),
-            crlb_window_px=None if crlb_window is None else _integer(config, "crlb_window_px", 3),
+            background=number(*get("background"), above=0.0, example=10),
+            emccd=flag(*get("emccd")),
+            crlb_z_points=integer(*get("crlb_z_points"), minimum=1),
+            crlb_window_px=integer(*get("crlb_window_px"), minimum=3, allow_none=True),
         )
 
 
@@ -297,20 +277,11 @@ def write_outputs(view: SetupView, folder: Path) -> list[Path]:
             for name in OUTPUT_FILES]
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
-
-
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="show")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point: compute, then write the files, then print where they went."""
-    try:
-        optics = OmegaConf.to_container(cfg.optics, resolve=True)
-        settings = ShowSettings.from_config(OmegaConf.to_container(cfg.show, resolve=True))
-        view = compute_view(optics, settings)
-    except (SetupError, MaskError, ShowError, OmegaConfBaseException) as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+def show(cfg: DictConfig) -> None:
+    """Compute the view, then write the files, then print where they went."""
+    optics = OmegaConf.to_container(cfg.optics, resolve=True)
+    settings = ShowSettings.from_config(OmegaConf.to_container(cfg.show, resolve=True))
+    view = compute_view(optics, settings)
     folder = Path(HydraConfig.get().runtime.output_dir)
     paths = write_outputs(view, folder)
     means = summary(view)["crlb"]["mean_nm"]
@@ -321,6 +292,13 @@ def main(cfg: DictConfig) -> None:
         print(f"  {path.name}")
 
 
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="show")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point: a bad setting ends with one line on stderr and exit code 2."""
+    run_or_exit(show, cfg)
+
+
 if __name__ == "__main__":
     register_root()
+    exit_on_bad_overrides("show")
     main()

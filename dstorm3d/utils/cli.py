@@ -66,6 +66,14 @@ def one_line(exc: BaseException) -> str:
     return lines[0]
 
 
+def log_to_files(message: str) -> None:
+    """Record an error in the run's log file(s) only: the console gets the one ``error:`` line."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def run_or_exit(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Call ``function``; on a user-input error print ``error: <message>`` and exit with status 2."""
     quiet_third_party_noise()
@@ -73,6 +81,41 @@ def run_or_exit(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return function(*args, **kwargs)
     except user_errors() as exc:
         message = one_line(exc)
-        log.error(message)
+        log_to_files(message)
         print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def composition_message(exc: BaseException) -> str:
+    """Hydra's composition error (several lines: the problem, then hints or the available options) as one
+    line: its lines joined, the option lists comma-separated."""
+    text = str(exc).split("Config search path:")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    head, rest = lines[0], lines[1:]
+    if rest and rest[0].endswith(":"):  # "Available options in 'experiment':" + one option per line
+        return f"{head}; {rest[0]} {', '.join(rest[1:])}"
+    return " ".join([head, *rest])
+
+
+def exit_on_bad_overrides(config_name: str, argv: list[str] | None = None) -> None:
+    """Compose ``configs/<config_name>`` with the command line's overrides before Hydra does, so that an
+    unknown key, a missing config group option or a malformed override ends like every other user error:
+    ``error: <one line>`` and exit code 2 (Hydra itself prints several lines and exits 1). Command lines
+    with Hydra flags (``--cfg``, ``-m``, ``--help``…) are left to Hydra."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from dstorm3d.utils.paths import CONFIG_DIR
+
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    if any(arg.startswith("-") for arg in overrides):
+        return
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            compose(config_name=config_name.removesuffix(".yaml"), overrides=overrides,
+                    return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as exc:
+        print(f"error: {composition_message(exc)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)

@@ -16,7 +16,8 @@ from matplotlib.image import imread
 
 from dstorm3d.optics.masks import save_phase_mask, tetrapod_mask
 from dstorm3d.optics.setup import storm_setup
-from dstorm3d.optics.show import CRLB_COLUMNS, EXIT_BAD_INPUT, OUTPUT_FILES
+from dstorm3d.optics.show import CRLB_COLUMNS, OUTPUT_FILES
+from dstorm3d.utils.cli import EXIT_USAGE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 QUICK = ["show.z_slices=5", "show.window_px=24", "show.crlb_z_points=5", "show.crlb_window_px=64"]
@@ -82,7 +83,7 @@ def test_show_reads_a_mask_file_and_applies_emccd(tmp_path):
 def test_bad_input_ends_with_one_line_and_no_files(tmp_path, override, phrase):
     run_dir = tmp_path / "run"
     result = run_show(run_dir, "optics=storm", *QUICK, override)  # the override comes last: it wins
-    assert result.returncode == EXIT_BAD_INPUT
+    assert result.returncode == EXIT_USAGE
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and phrase in lines[0], result.stderr
     assert "Traceback" not in result.stderr
