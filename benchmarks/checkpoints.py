@@ -76,23 +76,45 @@ def main() -> None:
         count = int(found[-1].valid.sum())
         parameters = sum(p.numel() for p in module.net.parameters())
         results.append(per_frame)
-        rows.append([label, module.hparams.head["kind"], f"{parameters:,}", f"{per_frame:.3f}",
-                     timing.rate_text(frames.shape[0]), f"{count / frames.shape[0]:.1f}"])
+        rows.append(
+            [
+                label,
+                module.hparams.head["kind"],
+                f"{parameters:,}",
+                f"{per_frame:.3f}",
+                timing.rate_text(frames.shape[0]),
+                f"{count / frames.shape[0]:.1f}",
+            ]
+        )
     baseline = results[-1]
     for row, seconds in zip(rows, results):
         row.append(f"{baseline / seconds:.1f}×")
-    headers = ["checkpoint", "head", "parameters", "s per frame", "frames/s", "localizations per frame",
-               f"speed vs {labels[-1]}"]
+    headers = [
+        "checkpoint",
+        "head",
+        "parameters",
+        "s per frame",
+        "frames/s",
+        "localizations per frame",
+        f"speed vs {labels[-1]}",
+    ]
     table = markdown_table(headers, rows, [False, False, True, True, True, True, True])
     machine = machine_info()
-    notes = [f"{frames.shape[0]} frames of {frames.shape[1]}×{frames.shape[2]} px per pass; median of "
-             f"{args.repeats} timed passes after one warm-up; device {device}"]
+    notes = [
+        f"{frames.shape[0]} frames of {frames.shape[1]}×{frames.shape[2]} px per pass; median of "
+        f"{args.repeats} timed passes after one warm-up; device {device}"
+    ]
     print_results([table], machine, notes)
     if args.out:
-        settings = {"checkpoints": ", ".join(f"{lb}: {p}" for lb, p in zip(labels, args.ckpts)),
-                    "frames": f"{args.frames_dir} (first {frames.shape[0]})", "repeats": args.repeats,
-                    "tile / head_tile": "infer.py's auto for this device"}
-        print(f"wrote {write_report(args.out, 'Checkpoint inference speed', {'Speed': table}, machine, settings, notes)}")
+        settings = {
+            "checkpoints": ", ".join(f"{lb}: {p}" for lb, p in zip(labels, args.ckpts)),
+            "frames": f"{args.frames_dir} (first {frames.shape[0]})",
+            "repeats": args.repeats,
+            "tile / head_tile": "infer.py's auto for this device",
+        }
+        print(
+            f"wrote {write_report(args.out, 'Checkpoint inference speed', {'Speed': table}, machine, settings, notes)}"
+        )
 
 
 if __name__ == "__main__":

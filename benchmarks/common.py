@@ -70,8 +70,9 @@ def machine_info() -> dict[str, str]:
     info["gpu"] = ", ".join(gpus) if gpus else "none"
     if gpus:
         info["cuda"] = str(torch.version.cuda)
-        info["TF32 (cuDNN convolutions / matmul)"] = (f"{torch.backends.cudnn.allow_tf32} / "
-                                                      f"{torch.backends.cuda.matmul.allow_tf32}")
+        info["TF32 (cuDNN convolutions / matmul)"] = (
+            f"{torch.backends.cudnn.allow_tf32} / {torch.backends.cuda.matmul.allow_tf32}"
+        )
     return info
 
 
@@ -120,8 +121,9 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(call: Callable[[], object], device: torch.device | str = "cpu", warmup: int = 1,
-              repeats: int = 5) -> Timing:
+def time_call(
+    call: Callable[[], object], device: torch.device | str = "cpu", warmup: int = 1, repeats: int = 5
+) -> Timing:
     """Run ``call`` ``warmup`` times untimed, then ``repeats`` times timed, synchronising ``device`` so
     queued GPU work is counted. Gradient mode is the caller's choice (wrap in ``torch.inference_mode``
     for simulation and inference, leave it on for training steps)."""
@@ -193,8 +195,10 @@ def _composed(config_name: str, overrides: Sequence[str]) -> Iterator[object]:
 
     register_root()
     GlobalHydra.instance().clear()
-    with tempfile.TemporaryDirectory(prefix="dstorm3d_bench_") as tmp, \
-            initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+    with (
+        tempfile.TemporaryDirectory(prefix="dstorm3d_bench_") as tmp,
+        initialize_config_dir(str(CONFIG_DIR), version_base="1.3"),
+    ):
         try:
             cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
             HydraConfig().set_config(cfg)
@@ -206,20 +210,27 @@ def _composed(config_name: str, overrides: Sequence[str]) -> Iterator[object]:
             GlobalHydra.instance().clear()
 
 
-def compose_config(config_name: str, overrides: Sequence[str] = (),
-                   sections: Sequence[str] = ("model", "data", "optics", "simulation")) -> dict[str, object]:
+def compose_config(
+    config_name: str,
+    overrides: Sequence[str] = (),
+    sections: Sequence[str] = ("model", "data", "optics", "simulation"),
+) -> dict[str, object]:
     """Sections of a composed Hydra config (as ``train.py`` / ``infer.py`` would compose it), resolved to
     plain data, e.g. ``compose_config("train.yaml", ["experiment=tetrapod_dense"])["model"]``."""
     from omegaconf import OmegaConf
 
     with _composed(config_name, overrides) as cfg:
-        return {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-                for key in sections if key in cfg}
+        return {
+            key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+            for key in sections
+            if key in cfg
+        }
 
 
 # ---------------------------------------------------------------------------------------- reports
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]],
-                   align_right: Sequence[bool] | None = None) -> str:
+def markdown_table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], align_right: Sequence[bool] | None = None
+) -> str:
     """A GitHub markdown table; columns padded so it also reads well as plain text on stdout."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
@@ -246,16 +257,26 @@ def print_results(tables: Sequence[str], machine: Mapping[str, str], notes: Sequ
         print(note)
 
 
-def write_report(path: Path, title: str, tables: Mapping[str, str], machine: Mapping[str, str],
-                 settings: Mapping[str, object], notes: Sequence[str] = ()) -> Path:
+def write_report(
+    path: Path,
+    title: str,
+    tables: Mapping[str, str],
+    machine: Mapping[str, str],
+    settings: Mapping[str, object],
+    notes: Sequence[str] = (),
+) -> Path:
     """Write a markdown report (tables, settings, machine, notes) through a temporary file."""
     from dstorm3d.utils.files import atomic_write
 
     parts = [f"# {title}", "", f"`{command_line()}`", ""]
     for heading, table in tables.items():
         parts += [f"## {heading}", "", table, ""]
-    parts += ["## Settings", "", markdown_table(["setting", "value"], [[k, v] for k, v in settings.items()]),
-              ""]
+    parts += [
+        "## Settings",
+        "",
+        markdown_table(["setting", "value"], [[k, v] for k, v in settings.items()]),
+        "",
+    ]
     parts += ["## Machine", "", markdown_table(["item", "value"], [[k, v] for k, v in machine.items()]), ""]
     if notes:
         parts += ["## Notes", "", *(f"- {note}" for note in notes), ""]

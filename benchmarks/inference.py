@@ -39,11 +39,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import (
+    PRECISIONS,
+    Timing,
+    autocast,
+    compose_config,
+    default_report_path,
+    machine_info,
+    markdown_table,
+    peak_memory_text,
+    print_results,
+    reset_peak_memory,
+    set_tf32,
+    synchronize,
+    time_call,
+    write_report,
+)
 from torch import Tensor
 
-from common import (PRECISIONS, Timing, autocast, compose_config, default_report_path, machine_info,
-                    markdown_table, peak_memory_text, print_results, reset_peak_memory, set_tf32, synchronize,
-                    time_call, write_report)
 from dstorm3d.emitters import Emitters
 from dstorm3d.geometry import VolumeGrid
 from dstorm3d.inference.run import AUTO_HEAD_TILE
@@ -92,7 +105,7 @@ def dense_centroid_decode(volume: Tensor, grid: VolumeGrid, threshold: float, ra
     size = 2 * radius + 1
     frame_index, voxels, scores = [], [], []
     for b in range(volume.shape[0]):
-        v = volume[b:b + 1].unsqueeze(1)  # (1, 1, D, H, W)
+        v = volume[b : b + 1].unsqueeze(1)  # (1, 1, D, H, W)
         pooled = F.max_pool3d(v, size, stride=1, padding=radius)
         peaks = ((v == pooled) & (v > threshold))[0, 0].nonzero()  # (N, 3) (k, r, c)
         del pooled
@@ -107,8 +120,9 @@ def dense_centroid_decode(volume: Tensor, grid: VolumeGrid, threshold: float, ra
         frame_index.append(torch.full_like(k, b))
     xyz = grid.voxel_to_um(torch.cat(voxels))
     score = torch.cat(scores)
-    return pack_detections(volume.shape[0], torch.cat(frame_index), xyz, torch.full_like(score, float("nan")),
-                           score)
+    return pack_detections(
+        volume.shape[0], torch.cat(frame_index), xyz, torch.full_like(score, float("nan")), score
+    )
 
 
 # ---------------------------------------------------------------------------------------- the probe
@@ -125,7 +139,9 @@ class NetProbe:
         self.trunk = TimedPart(self, net.trunk)
         self.head = TimedPart(self, net.head)
 
-    def __getattr__(self, name: str) -> object:  # what localize_frames reads from the net (receptive radii, ...)
+    def __getattr__(
+        self, name: str
+    ) -> object:  # what localize_frames reads from the net (receptive radii, ...)
         return getattr(self.net, name)
 
     def __call__(self, crop: Tensor) -> Tensor:
@@ -206,7 +222,7 @@ def load_frames(folder: Path, count: int, crop: Sequence[int] | None) -> Tensor:
         height, width = frames.shape[-2:]
         rows, cols = min(crop[0], height), min(crop[1], width)
         top, left = (height - rows) // 2, (width - cols) // 2
-        frames = frames[:, top:top + rows, left:left + cols]
+        frames = frames[:, top : top + rows, left : left + cols]
     return torch.from_numpy(np.ascontiguousarray(frames))
 
 
@@ -255,8 +271,10 @@ class Agreement:
 
     def text(self) -> str:
         verdict = "same" if self.same else "DIFFERENT"
-        return (f"{verdict}: {self.ours} vs {self.baseline} localizations, unmatched {self.unmatched_ours} / "
-                f"{self.unmatched_baseline}, largest nearest-neighbour distance {self.max_nm:.2g} nm")
+        return (
+            f"{verdict}: {self.ours} vs {self.baseline} localizations, unmatched {self.unmatched_ours} / "
+            f"{self.unmatched_baseline}, largest nearest-neighbour distance {self.max_nm:.2g} nm"
+        )
 
 
 # ---------------------------------------------------------------------------------------- measuring
@@ -282,12 +300,23 @@ class Row:
 
 
 def frame_batches(frames: Tensor, batch: int) -> list[Tensor]:
-    return [frames[i:i + batch] for i in range(0, frames.shape[0], batch)]
+    return [frames[i : i + batch] for i in range(0, frames.shape[0], batch)]
 
 
-def measure(module: torch.nn.Module, frames: Tensor, device: torch.device, precision: str, tile: int | None,
-            head_tile: int | None, batch: int, warmup: int, repeats: int, baseline: bool, product: bool,
-            cpu_channels_last: bool = True) -> Row:
+def measure(
+    module: torch.nn.Module,
+    frames: Tensor,
+    device: torch.device,
+    precision: str,
+    tile: int | None,
+    head_tile: int | None,
+    batch: int,
+    warmup: int,
+    repeats: int,
+    baseline: bool,
+    product: bool,
+    cpu_channels_last: bool = True,
+) -> Row:
     """``warmup`` untimed and ``repeats`` timed passes over all ``frames``; each pass localizes every batch
     with ours (timed by part) and then, on the kept network outputs, with the baseline."""
     grid = module.readout.grid
@@ -362,18 +391,36 @@ def measure(module: torch.nn.Module, frames: Tensor, device: torch.device, preci
     shape = (int(frames.shape[-2]), int(frames.shape[-1]))
     tiling = "whole frame" if tile is None else f"tiles {tile} px"
     tiling += "" if head_tile is None else f", head {head_tile} px"
-    row = Row(device.type, precision, tiling, int(frames.shape[0]),
-              shape, batch, timing("forward"), timing("ours"), timing("baseline") if baseline else None,
-              timing("e2e"), timing("e2e_baseline") if baseline else None, product_timing,
-              sum(int(f.valid.sum()) for f in found_ours), agreement, product_agreement, memory)
+    row = Row(
+        device.type,
+        precision,
+        tiling,
+        int(frames.shape[0]),
+        shape,
+        batch,
+        timing("forward"),
+        timing("ours"),
+        timing("baseline") if baseline else None,
+        timing("e2e"),
+        timing("e2e_baseline") if baseline else None,
+        product_timing,
+        sum(int(f.valid.sum()) for f in found_ours),
+        agreement,
+        product_agreement,
+        memory,
+    )
     n = row.frames
-    print(f"  {row.device:4s} {precision:7s} {row.tiling:12s}: forward {row.forward.rate_text(n)} frames/s, "
-          f"ours {row.ours.rate_text(n)}"
-          + (f", dense baseline {row.baseline.rate_text(n)}" if baseline else "")
-          + f"; end-to-end {row.end_to_end.rate_text(n)}"
-          + (f" (baseline {row.end_to_end_baseline.rate_text(n)})" if baseline else "")
-          + (f", localize_frames {product_timing.rate_text(n)}" if product_timing else "") + " frames/s",
-          file=sys.stderr, flush=True)
+    print(
+        f"  {row.device:4s} {precision:7s} {row.tiling:12s}: forward {row.forward.rate_text(n)} frames/s, "
+        f"ours {row.ours.rate_text(n)}"
+        + (f", dense baseline {row.baseline.rate_text(n)}" if baseline else "")
+        + f"; end-to-end {row.end_to_end.rate_text(n)}"
+        + (f" (baseline {row.end_to_end_baseline.rate_text(n)})" if baseline else "")
+        + (f", localize_frames {product_timing.rate_text(n)}" if product_timing else "")
+        + " frames/s",
+        file=sys.stderr,
+        flush=True,
+    )
     if agreement is not None:
         print(f"       ours vs dense baseline: {agreement.text()}", file=sys.stderr, flush=True)
     return row
@@ -399,19 +446,51 @@ def results_table(rows: Sequence[Row]) -> str:
     table = []
     for row in rows:
         n = row.frames
-        table.append([
-            row.device, row.precision, row.tiling, f"{n} × {row.frame_shape[0]}×{row.frame_shape[1]}", row.batch,
-            rate(row.forward, n), rate(row.ours, n), rate(row.baseline, n), ratio(row.baseline, row.ours),
-            rate(row.end_to_end, n), seconds_per_frame(row.end_to_end, n), rate(row.end_to_end_baseline, n),
-            seconds_per_frame(row.end_to_end_baseline, n), ratio(row.end_to_end_baseline, row.end_to_end),
-            rate(row.product, n), row.localizations,
-            "—" if row.agreement is None else ("yes" if row.agreement.same else "NO"), row.memory,
-        ])
-    headers = ["device", "precision", "tiling", "frames", "batch", "forward (frames/s)", "ours post (frames/s)",
-               "dense post (frames/s)", "post speed-up", "end-to-end (frames/s)", "s/frame",
-               "dense end-to-end (frames/s)", "dense s/frame", "end-to-end speed-up",
-               "localize_frames (frames/s)", "localizations", "same as dense", "peak GPU memory"]
-    return markdown_table(headers, table, align_right=[False, False, False, False] + [True] * 12 + [False, True])
+        table.append(
+            [
+                row.device,
+                row.precision,
+                row.tiling,
+                f"{n} × {row.frame_shape[0]}×{row.frame_shape[1]}",
+                row.batch,
+                rate(row.forward, n),
+                rate(row.ours, n),
+                rate(row.baseline, n),
+                ratio(row.baseline, row.ours),
+                rate(row.end_to_end, n),
+                seconds_per_frame(row.end_to_end, n),
+                rate(row.end_to_end_baseline, n),
+                seconds_per_frame(row.end_to_end_baseline, n),
+                ratio(row.end_to_end_baseline, row.end_to_end),
+                rate(row.product, n),
+                row.localizations,
+                "—" if row.agreement is None else ("yes" if row.agreement.same else "NO"),
+                row.memory,
+            ]
+        )
+    headers = [
+        "device",
+        "precision",
+        "tiling",
+        "frames",
+        "batch",
+        "forward (frames/s)",
+        "ours post (frames/s)",
+        "dense post (frames/s)",
+        "post speed-up",
+        "end-to-end (frames/s)",
+        "s/frame",
+        "dense end-to-end (frames/s)",
+        "dense s/frame",
+        "end-to-end speed-up",
+        "localize_frames (frames/s)",
+        "localizations",
+        "same as dense",
+        "peak GPU memory",
+    ]
+    return markdown_table(
+        headers, table, align_right=[False, False, False, False] + [True] * 12 + [False, True]
+    )
 
 
 def goals_table(rows: Sequence[Row], cores: int) -> str:
@@ -425,25 +504,44 @@ def goals_table(rows: Sequence[Row], cores: int) -> str:
         same = best.agreement is not None and best.agreement.same
         speedup = ORIGINAL_CPU_S_PER_FRAME / per_frame
         met = full and speedup >= CPU_GOAL_SPEEDUP and same
-        verdict = ("n/a (cropped frames)" if not full else
-                   "met" if met else "not met" if same or best.agreement is None else "not met (results differ)")
+        verdict = (
+            "n/a (cropped frames)"
+            if not full
+            else "met"
+            if met
+            else "not met"
+            if same or best.agreement is None
+            else "not met (results differ)"
+        )
         if best.agreement is None and full:
             verdict += " (no baseline check)"
-        table.append([f"CPU: ≥ {CPU_GOAL_SPEEDUP:g}× the original (≈ {ORIGINAL_CPU_S_PER_FRAME:g} s per 492×332 frame on "
-                      f"2 cores), same localizations",
-                      f"{per_frame:,.1f} s/frame = {speedup:,.1f}× ({best.precision}, {best.tiling}, {cores} cores)",
-                      verdict])
+        table.append(
+            [
+                f"CPU: ≥ {CPU_GOAL_SPEEDUP:g}× the original (≈ {ORIGINAL_CPU_S_PER_FRAME:g} s per 492×332 frame on "
+                f"2 cores), same localizations",
+                f"{per_frame:,.1f} s/frame = {speedup:,.1f}× ({best.precision}, {best.tiling}, {cores} cores)",
+                verdict,
+            ]
+        )
     gpu = [r for r in rows if r.device == "cuda"]
     if gpu:
+
         def gpu_rate(r: Row) -> float:
             return (r.product or r.end_to_end).rate(r.frames)
 
         best = max(gpu, key=gpu_rate)
         value = gpu_rate(best)
-        verdict = "n/a (cropped frames)" if not full else "met" if value >= GPU_GOAL_FRAMES_PER_S else "not met"
-        table.append([f"GPU: ≥ {GPU_GOAL_FRAMES_PER_S:g} frames/s (492×332) on one H100",
-                      f"{value:,.1f} frames/s ({best.precision}, {best.tiling}, batch {best.batch}, "
-                      f"{torch.cuda.get_device_name(0)})", verdict])
+        verdict = (
+            "n/a (cropped frames)" if not full else "met" if value >= GPU_GOAL_FRAMES_PER_S else "not met"
+        )
+        table.append(
+            [
+                f"GPU: ≥ {GPU_GOAL_FRAMES_PER_S:g} frames/s (492×332) on one H100",
+                f"{value:,.1f} frames/s ({best.precision}, {best.tiling}, batch {best.batch}, "
+                f"{torch.cuda.get_device_name(0)})",
+                verdict,
+            ]
+        )
     return markdown_table(["goal", "best measured", "verdict"], table)
 
 
@@ -458,50 +556,126 @@ def tiles_argument(text: str) -> int | None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     cuda = torch.cuda.is_available()
     data = shared_data_dir()
-    parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"],
-                        default=["cpu", "cuda"] if cuda else ["cpu"], help="devices to measure on")
-    parser.add_argument("--weights", type=Path, default=data / "pretrained" / "deepstorm3d_tetrapod_storm_weights.pkl",
-                        help="the authors' state dict")
-    parser.add_argument("--frames-dir", type=Path, default=data / "experimental" / "mito_tetrapod",
-                        help="folder of .tif frames")
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        choices=["cpu", "cuda"],
+        default=["cpu", "cuda"] if cuda else ["cpu"],
+        help="devices to measure on",
+    )
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=data / "pretrained" / "deepstorm3d_tetrapod_storm_weights.pkl",
+        help="the authors' state dict",
+    )
+    parser.add_argument(
+        "--frames-dir",
+        type=Path,
+        default=data / "experimental" / "mito_tetrapod",
+        help="folder of .tif frames",
+    )
     parser.add_argument("--frames-cpu", type=int, default=1, help="frames per pass on the CPU")
     parser.add_argument("--frames-gpu", type=int, default=24, help="frames per pass on the GPU (cycled)")
     parser.add_argument("--batch-cpu", type=int, default=1, help="frames per localize_frames call on the CPU")
     parser.add_argument("--batch-gpu", type=int, default=4, help="frames per localize_frames call on the GPU")
-    parser.add_argument("--tiles-cpu", type=tiles_argument, nargs="+", default=[None], metavar="T|whole",
-                        help="tile cores on the CPU ('whole': no tiling; a whole frame's volume is 1.3 GB)")
-    parser.add_argument("--head-tiles-cpu", type=tiles_argument, nargs="+", default=[AUTO_HEAD_TILE[True]],
-                        metavar="H|whole", help="head tiles on the CPU (default: infer.py's head_tile=auto there; "
-                                                "'whole': the head on whole crops)")
-    parser.add_argument("--head-tiles-gpu", type=tiles_argument, nargs="+", default=[AUTO_HEAD_TILE[False]],
-                        metavar="H|whole", help="head tiles on the GPU (default: infer.py's head_tile=auto there)")
-    parser.add_argument("--tiles-gpu", type=tiles_argument, nargs="+", default=[None, 256, 128], metavar="T|whole",
-                        help="tile cores on the GPU ('whole': no tiling)")
-    parser.add_argument("--precisions-cpu", nargs="+", choices=PRECISIONS[:2], default=["fp32"],
-                        help="network precision on the CPU")
-    parser.add_argument("--precisions-gpu", nargs="+", choices=PRECISIONS, default=["fp32", "bf16"],
-                        help="network precision on the GPU (bf16: autocast, infer.py's default on a GPU; bf16-cl: "
-                             "bf16 with the network in channels-last memory format)")
-    parser.add_argument("--crop", type=int, nargs=2, default=None, metavar=("ROWS", "COLUMNS"),
-                        help="use the centre crop of each frame (quick checks; the goals need whole frames)")
+    parser.add_argument(
+        "--tiles-cpu",
+        type=tiles_argument,
+        nargs="+",
+        default=[None],
+        metavar="T|whole",
+        help="tile cores on the CPU ('whole': no tiling; a whole frame's volume is 1.3 GB)",
+    )
+    parser.add_argument(
+        "--head-tiles-cpu",
+        type=tiles_argument,
+        nargs="+",
+        default=[AUTO_HEAD_TILE[True]],
+        metavar="H|whole",
+        help="head tiles on the CPU (default: infer.py's head_tile=auto there; "
+        "'whole': the head on whole crops)",
+    )
+    parser.add_argument(
+        "--head-tiles-gpu",
+        type=tiles_argument,
+        nargs="+",
+        default=[AUTO_HEAD_TILE[False]],
+        metavar="H|whole",
+        help="head tiles on the GPU (default: infer.py's head_tile=auto there)",
+    )
+    parser.add_argument(
+        "--tiles-gpu",
+        type=tiles_argument,
+        nargs="+",
+        default=[None, 256, 128],
+        metavar="T|whole",
+        help="tile cores on the GPU ('whole': no tiling)",
+    )
+    parser.add_argument(
+        "--precisions-cpu",
+        nargs="+",
+        choices=PRECISIONS[:2],
+        default=["fp32"],
+        help="network precision on the CPU",
+    )
+    parser.add_argument(
+        "--precisions-gpu",
+        nargs="+",
+        choices=PRECISIONS,
+        default=["fp32", "bf16"],
+        help="network precision on the GPU (bf16: autocast, infer.py's default on a GPU; bf16-cl: "
+        "bf16 with the network in channels-last memory format)",
+    )
+    parser.add_argument(
+        "--crop",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("ROWS", "COLUMNS"),
+        help="use the centre crop of each frame (quick checks; the goals need whole frames)",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip the dense-convolution baseline")
-    parser.add_argument("--product", choices=["auto", "on", "off"], default="auto",
-                        help="also time the product's localize_frames without the probe (auto: on CUDA only)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed passes first (default CPU 0, GPU 2)")
+    parser.add_argument(
+        "--product",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="also time the product's localize_frames without the probe (auto: on CUDA only)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed passes first (default CPU 0, GPU 2)"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed passes (default CPU 1, GPU 5)")
-    parser.add_argument("--tf32", choices=["default", "on", "off"], default="default",
-                        help="TF32 for the network on the GPU: torch's default (convolutions yes), on, off; the "
-                             "baseline's dense convolutions always run in full fp32")
-    parser.add_argument("--cpu-memory-format", choices=["channels-last", "contiguous"], default="channels-last",
-                        help="the network's memory format on the CPU (infer.py channels_last=auto: channels-last)")
-    parser.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
+    parser.add_argument(
+        "--tf32",
+        choices=["default", "on", "off"],
+        default="default",
+        help="TF32 for the network on the GPU: torch's default (convolutions yes), on, off; the "
+        "baseline's dense convolutions always run in full fp32",
+    )
+    parser.add_argument(
+        "--cpu-memory-format",
+        choices=["channels-last", "contiguous"],
+        default="channels-last",
+        help="the network's memory format on the CPU (infer.py channels_last=auto: channels-last)",
+    )
+    parser.add_argument(
+        "--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; None keeps torch's")
-    parser.add_argument("--out", nargs="?", const=default_report_path(BENCHMARK), default=None, type=Path,
-                        help="also write a markdown report (no path: results/inference_<host>.md)")
+    parser.add_argument(
+        "--out",
+        nargs="?",
+        const=default_report_path(BENCHMARK),
+        default=None,
+        type=Path,
+        help="also write a markdown report (no path: results/inference_<host>.md)",
+    )
     args = parser.parse_args(argv)
     if "cuda" in args.devices and not cuda:
         parser.error("--devices cuda: CUDA is not available")
@@ -544,36 +718,56 @@ def main(argv: Sequence[str] | None = None) -> None:
         for precision in args.precisions_gpu if gpu else args.precisions_cpu:
             for tile in args.tiles_gpu if gpu else args.tiles_cpu:
                 for head_tile in args.head_tiles_gpu if gpu else args.head_tiles_cpu:
-                    rows.append(measure(module, frames, device, precision, tile, head_tile,
-                                        args.batch_gpu if gpu else args.batch_cpu, warmup, repeats,
-                                        not args.no_baseline, product, args.cpu_memory_format == "channels-last"))
+                    rows.append(
+                        measure(
+                            module,
+                            frames,
+                            device,
+                            precision,
+                            tile,
+                            head_tile,
+                            args.batch_gpu if gpu else args.batch_cpu,
+                            warmup,
+                            repeats,
+                            not args.no_baseline,
+                            product,
+                            args.cpu_memory_format == "channels-last",
+                        )
+                    )
         module.to("cpu")
 
     machine = machine_info()
     threads = torch.get_num_threads()
     table, goals = results_table(rows), goals_table(rows, threads)
-    notes = [f"{row.device} {row.precision} {row.tiling}: ours vs dense baseline: {row.agreement.text()}"
-             for row in rows if row.agreement is not None]
-    notes += [f"{row.device} {row.precision} {row.tiling}: localize_frames (autocast around it, as infer.py) vs the "
-              f"probed run: {row.product_agreement.text()}" for row in rows if row.product_agreement is not None]
+    notes = [
+        f"{row.device} {row.precision} {row.tiling}: ours vs dense baseline: {row.agreement.text()}"
+        for row in rows
+        if row.agreement is not None
+    ]
+    notes += [
+        f"{row.device} {row.precision} {row.tiling}: localize_frames (autocast around it, as infer.py) vs the "
+        f"probed run: {row.product_agreement.text()}"
+        for row in rows
+        if row.product_agreement is not None
+    ]
     print_results([table, goals], machine, notes)
     if args.out is not None:
         shape = "×".join(str(s) for s in rows[0].frame_shape) if rows else "?"
         settings = {
             "network": f"the authors' STORM network ({args.weights.name}; D = {module.readout.grid.depth_slices}, "
-                       f"s = {module.readout.output_scale:g}), threshold {float(module.threshold):g}, "
-                       f"radius {module.readout.decode_kwargs.get('radius', 4)} (9³ windows)",
+            f"s = {module.readout.output_scale:g}), threshold {float(module.threshold):g}, "
+            f"radius {module.readout.decode_kwargs.get('radius', 4)} (9³ windows)",
             "frames": f"{args.frames_dir} ({shape} px{', centre crop' if args.crop else ''}); CPU "
-                      f"{args.frames_cpu}, GPU {args.frames_gpu} per pass",
+            f"{args.frames_cpu}, GPU {args.frames_gpu} per pass",
             "batch (CPU / GPU)": f"{args.batch_cpu} / {args.batch_gpu} frames per localize_frames call",
             "tiles (CPU / GPU)": f"{[t or 'whole' for t in args.tiles_cpu]} / {[t or 'whole' for t in args.tiles_gpu]}"
-                                 f" px cores, margin {margin} px (network receptive radius + 2)",
+            f" px cores, margin {margin} px (network receptive radius + 2)",
             "head tiles (CPU / GPU)": f"{[t or 'whole' for t in args.head_tiles_cpu]} / "
-                                      f"{[t or 'whole' for t in args.head_tiles_gpu]} px of trunk features, margin "
-                                      f"{required_head_margin(module.net)} px (head receptive radius + 2)",
+            f"{[t or 'whole' for t in args.head_tiles_gpu]} px of trunk features, margin "
+            f"{required_head_margin(module.net)} px (head receptive radius + 2)",
             "precisions (CPU / GPU)": f"{args.precisions_cpu} / {args.precisions_gpu}",
             "warm-up / timed passes": f"{args.warmup if args.warmup is not None else 'CPU 0, GPU 2'} / "
-                                      f"{args.repeats if args.repeats is not None else 'CPU 1, GPU 5'}",
+            f"{args.repeats if args.repeats is not None else 'CPU 1, GPU 5'}",
             "TF32 (network)": args.tf32,
             "cudnn.benchmark": torch.backends.cudnn.benchmark,
             "CPU memory format": args.cpu_memory_format,

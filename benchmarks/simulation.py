@@ -33,11 +33,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import (
+    Timing,
+    default_report_path,
+    machine_info,
+    markdown_table,
+    print_results,
+    time_call,
+    write_report,
+)
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from common import (Timing, default_report_path, machine_info, markdown_table, print_results, time_call,
-                    write_report)
 from dstorm3d.optics.masks import tetrapod_mask
 from dstorm3d.optics.pupil import PupilModel, window_energy
 from dstorm3d.optics.render import render_frames
@@ -55,14 +62,19 @@ BASELINE = "FFT per emitter (baseline)"
 class EmitterBatch:
     """Emitters of ``n_frames`` frames as one flat list on a device."""
 
-    xyz_um: Tensor        # (E, 3)
-    photons: Tensor       # (E,)
-    frame_index: Tensor   # (E,) int64
+    xyz_um: Tensor  # (E, 3)
+    photons: Tensor  # (E,)
+    frame_index: Tensor  # (E,) int64
     n_frames: int
 
 
-def sample_batch(sampler: EmitterSampler, rng: np.random.Generator, n_frames: int,
-                 device: torch.device, dtype: torch.dtype = torch.float32) -> EmitterBatch:
+def sample_batch(
+    sampler: EmitterSampler,
+    rng: np.random.Generator,
+    n_frames: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> EmitterBatch:
     """Draw ``n_frames`` frames of emitters (numpy) and move them to ``device``."""
     samples = [sampler.sample(rng) for _ in range(n_frames)]
     counts = [len(sample["photons"]) for sample in samples]
@@ -83,9 +95,12 @@ Renderer = Callable[[EmitterBatch], Tensor]
 
 def matrix_dft_renderer(pupil: PupilModel, frame_shape: tuple[int, int], window: int | None) -> Renderer:
     """``render_frames``: exact on the whole frame (``window=None``) or on P × P windows."""
+
     def render(batch: EmitterBatch) -> Tensor:
-        return render_frames(pupil, batch.xyz_um, batch.photons, batch.frame_index, batch.n_frames,
-                             frame_shape, window=window)
+        return render_frames(
+            pupil, batch.xyz_um, batch.photons, batch.frame_index, batch.n_frames, frame_shape, window=window
+        )
+
     return render
 
 
@@ -114,10 +129,12 @@ def fft_baseline_renderer(pupil: PupilModel, frame_shape: tuple[int, int], chunk
             padded = field_box.new_zeros(field_box.shape[0], n, n)
             padded[:, box, box] = field_box
             field = torch.fft.fftshift(
-                torch.fft.fft2(torch.fft.ifftshift(padded, dim=(-2, -1))), dim=(-2, -1))
-            psf = pupil.intensity_per_photon(field)[:, top:top + height, left:left + width]
+                torch.fft.fft2(torch.fft.ifftshift(padded, dim=(-2, -1))), dim=(-2, -1)
+            )
+            psf = pupil.intensity_per_photon(field)[:, top : top + height, left : left + width]
             frames.index_add_(0, batch.frame_index[part], psf * batch.photons[part].reshape(-1, 1, 1))
         return frames
+
     return render
 
 
@@ -125,7 +142,7 @@ def fft_baseline_renderer(pupil: PupilModel, frame_shape: tuple[int, int], chunk
 @dataclass(frozen=True)
 class RendererSpec:
     name: str
-    window: int | None     # None: whole frame (exact)
+    window: int | None  # None: whole frame (exact)
     baseline: bool = False
 
 
@@ -142,10 +159,13 @@ class Row:
 def simulation_config(args: argparse.Namespace) -> dict:
     """The ``simulation`` config of the benchmark's frames (exact rendering, the paper's camera)."""
     level = {"level": list(args.background_level)} if args.background == "uniform" else {}
-    return {"frame_shape": [args.frame_size, args.frame_size],
-            "emitters": {"count_range": list(args.emitters)},
-            "background": {"kind": args.background, **level}, "camera": {"kind": "readout"},
-            "render_window": None}
+    return {
+        "frame_shape": [args.frame_size, args.frame_size],
+        "emitters": {"count_range": list(args.emitters)},
+        "background": {"kind": args.background, **level},
+        "camera": {"kind": "readout"},
+        "render_window": None,
+    }
 
 
 def photon_fraction(setup: OpticalSetup, mask: np.ndarray, window: int, z_points: int = 41) -> float:
@@ -155,8 +175,9 @@ def photon_fraction(setup: OpticalSetup, mask: np.ndarray, window: int, z_points
     return float(window_energy(pupil, window, z).mean())
 
 
-def check_baseline(pupil: PupilModel, sampler: EmitterSampler, frame_shape: tuple[int, int],
-                   device: torch.device, chunk: int) -> float:
+def check_baseline(
+    pupil: PupilModel, sampler: EmitterSampler, frame_shape: tuple[int, int], device: torch.device, chunk: int
+) -> float:
     """Largest |baseline − exact| relative to the largest pixel, on a few frames."""
     batch = sample_batch(sampler, np.random.default_rng(1), 4, device)
     with torch.inference_mode():
@@ -165,8 +186,14 @@ def check_baseline(pupil: PupilModel, sampler: EmitterSampler, frame_shape: tupl
     return float((exact - fft).abs().max() / exact.abs().max())
 
 
-def measure_device(device: torch.device, args: argparse.Namespace, setup: OpticalSetup, mask: np.ndarray,
-                   fractions: dict[int, float], notes: list[str]) -> list[Row]:
+def measure_device(
+    device: torch.device,
+    args: argparse.Namespace,
+    setup: OpticalSetup,
+    mask: np.ndarray,
+    fractions: dict[int, float],
+    notes: list[str],
+) -> list[Row]:
     """Every renderer on one device: full simulation and rendering alone."""
     frame_shape = (args.frame_size, args.frame_size)
     n_frames = args.batch_gpu if device.type == "cuda" else args.batch_cpu
@@ -180,8 +207,10 @@ def measure_device(device: torch.device, args: argparse.Namespace, setup: Optica
     fixed = sample_batch(sampler, np.random.default_rng(args.seed + 1), n_frames, device)
 
     error = check_baseline(pupil, sampler, frame_shape, device, chunk)
-    notes.append(f"{device.type}: FFT baseline vs exact whole-frame rendering, max |difference| / max pixel "
-                 f"= {error:.1e} (float32)")
+    notes.append(
+        f"{device.type}: FFT baseline vs exact whole-frame rendering, max |difference| / max pixel "
+        f"= {error:.1e} (float32)"
+    )
 
     specs = [RendererSpec("matrix DFT, whole frame (exact)", None)]
     specs += [RendererSpec(f"matrix DFT, window {w}", w) for w in args.windows]
@@ -203,8 +232,12 @@ def measure_device(device: torch.device, args: argparse.Namespace, setup: Optica
             render_only = time_call(lambda render=render: render(fixed), device, args.warmup, args.repeats)
         kept = "1 (exact)" if spec.window is None else f"{fractions[spec.window]:.3f}"
         rows.append(Row(device.type, spec, kept, n_frames, full, render_only))
-        print(f"  {device.type:4s} {spec.name:34s} full {full.rate_text(n_frames):>14s} frames/s, "
-              f"render {render_only.rate_text(n_frames):>14s} frames/s", file=sys.stderr, flush=True)
+        print(
+            f"  {device.type:4s} {spec.name:34s} full {full.rate_text(n_frames):>14s} frames/s, "
+            f"render {render_only.rate_text(n_frames):>14s} frames/s",
+            file=sys.stderr,
+            flush=True,
+        )
     return rows
 
 
@@ -221,8 +254,9 @@ class PipelineRow:
         return self.frames_per_batch * self.batches_per_call
 
 
-def measure_pipeline(device: torch.device, args: argparse.Namespace, setup: OpticalSetup, mask: np.ndarray,
-                     workers: int) -> PipelineRow:
+def measure_pipeline(
+    device: torch.device, args: argparse.Namespace, setup: OpticalSetup, mask: np.ndarray, workers: int
+) -> PipelineRow:
     """The training-data path: items sampled in ``workers`` DataLoader workers, collated, moved to the
     device, rendered there by ``FrameSimulator``. A timed call renders ``--pipeline-batches`` batches, so
     that batches arriving in bursts from the workers average out within a call.
@@ -238,8 +272,13 @@ def measure_pipeline(device: torch.device, args: argparse.Namespace, setup: Opti
     drained = 2 * workers
     n_batches = drained + args.pipeline_batches * (args.warmup + args.repeats)
     dataset = EmitterDataset(sampler, background, n_batches * n_frames, args.seed)
-    loader = DataLoader(dataset, batch_size=n_frames, num_workers=workers, collate_fn=collate_samples,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        dataset,
+        batch_size=n_frames,
+        num_workers=workers,
+        collate_fn=collate_samples,
+        pin_memory=device.type == "cuda",
+    )
     batches = iter(loader)
     generator = torch.Generator(device=device).manual_seed(args.seed)
 
@@ -257,8 +296,12 @@ def measure_pipeline(device: torch.device, args: argparse.Namespace, setup: Opti
         timing = time_call(call, device, args.warmup, args.repeats)
     del batches  # stops the workers
     frames_per_call = n_frames * args.pipeline_batches
-    print(f"  {device.type:4s} training-data pipeline, {workers:2d} workers      "
-          f"{timing.rate_text(frames_per_call):>14s} frames/s", file=sys.stderr, flush=True)
+    print(
+        f"  {device.type:4s} training-data pipeline, {workers:2d} workers      "
+        f"{timing.rate_text(frames_per_call):>14s} frames/s",
+        file=sys.stderr,
+        flush=True,
+    )
     return PipelineRow(device.type, workers, n_frames, args.pipeline_batches, timing)
 
 
@@ -268,10 +311,24 @@ def pipeline_table(rows: Sequence[PipelineRow], exact: dict[str, Row]) -> str:
     for row in rows:
         alone = exact[row.device]
         ratio = row.timing.rate(row.frames_per_call) / alone.render.rate(alone.frames_per_call)
-        table.append([row.device, row.workers, row.frames_per_batch, row.batches_per_call,
-                      row.timing.rate_text(row.frames_per_call), f"{ratio:.2f}"])
-    headers = ["device", "DataLoader workers", "frames/batch", "batches/call",
-               "training-data pipeline (frames/s)", "vs exact rendering alone"]
+        table.append(
+            [
+                row.device,
+                row.workers,
+                row.frames_per_batch,
+                row.batches_per_call,
+                row.timing.rate_text(row.frames_per_call),
+                f"{ratio:.2f}",
+            ]
+        )
+    headers = [
+        "device",
+        "DataLoader workers",
+        "frames/batch",
+        "batches/call",
+        "training-data pipeline (frames/s)",
+        "vs exact rendering alone",
+    ]
     return markdown_table(headers, table, align_right=[False] + [True] * 5)
 
 
@@ -281,28 +338,55 @@ def results_table(rows: Sequence[Row]) -> str:
     table = []
     for row in rows:
         base = baselines[row.device]
-        table.append([
-            row.device, row.spec.name, "—" if row.spec.window is None else row.spec.window, row.photons_kept,
-            row.frames_per_call,
-            row.full.rate_text(row.frames_per_call), f"{base.full.median / row.full.median:.2f}×",
-            row.render.rate_text(row.frames_per_call), f"{base.render.median / row.render.median:.2f}×",
-        ])
-    headers = ["device", "renderer", "window (px)", "photons kept", "frames/call",
-               "full simulation (frames/s)", "full vs baseline",
-               "rendering (frames/s)", "rendering vs baseline"]
+        table.append(
+            [
+                row.device,
+                row.spec.name,
+                "—" if row.spec.window is None else row.spec.window,
+                row.photons_kept,
+                row.frames_per_call,
+                row.full.rate_text(row.frames_per_call),
+                f"{base.full.median / row.full.median:.2f}×",
+                row.render.rate_text(row.frames_per_call),
+                f"{base.render.median / row.render.median:.2f}×",
+            ]
+        )
+    headers = [
+        "device",
+        "renderer",
+        "window (px)",
+        "photons kept",
+        "frames/call",
+        "full simulation (frames/s)",
+        "full vs baseline",
+        "rendering (frames/s)",
+        "rendering vs baseline",
+    ]
     return markdown_table(headers, table, align_right=[False, False] + [True] * 7)
 
 
 # ---------------------------------------------------------------------------------------- command line
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     cuda = torch.cuda.is_available()
-    parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"],
-                        default=["cpu", "cuda"] if cuda else ["cpu"], help="devices to measure on")
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        choices=["cpu", "cuda"],
+        default=["cpu", "cuda"] if cuda else ["cpu"],
+        help="devices to measure on",
+    )
     parser.add_argument("--frame-size", type=int, default=121, help="frame side (pixels)")
-    parser.add_argument("--emitters", type=int, nargs=2, default=[1, 35], metavar=("MIN", "MAX"),
-                        help="emitters per frame, uniform integer")
+    parser.add_argument(
+        "--emitters",
+        type=int,
+        nargs=2,
+        default=[1, 35],
+        metavar=("MIN", "MAX"),
+        help="emitters per frame, uniform integer",
+    )
     parser.add_argument("--windows", type=int, nargs="*", default=[64, 48], help="window sizes (pixels)")
     parser.add_argument("--batch-cpu", type=int, default=64, help="frames per call on the CPU")
     parser.add_argument("--batch-gpu", type=int, default=512, help="frames per call on the GPU")
@@ -311,25 +395,56 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls (the median is reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; None keeps torch's")
-    parser.add_argument("--background", choices=["none", "uniform", "super_gaussian", "cell_like"],
-                        default="none",
-                        help="background of the full simulation (the paper's STORM frames have none)")
-    parser.add_argument("--background-level", type=float, nargs=2, default=[20.0, 150.0],
-                        help="level range of --background uniform (photons/px)")
-    parser.add_argument("--workers-cpu", type=int, nargs="*", default=[0],
-                        help="DataLoader worker counts of the training-data pipeline on the CPU (none: skip)")
-    parser.add_argument("--workers-gpu", type=int, nargs="*", default=[4, 8],
-                        help="DataLoader worker counts of the training-data pipeline on the GPU (none: skip)")
-    parser.add_argument("--pipeline-batches", type=int, default=8,
-                        help="batches per timed call of the training-data pipeline")
+    parser.add_argument(
+        "--background",
+        choices=["none", "uniform", "super_gaussian", "cell_like"],
+        default="none",
+        help="background of the full simulation (the paper's STORM frames have none)",
+    )
+    parser.add_argument(
+        "--background-level",
+        type=float,
+        nargs=2,
+        default=[20.0, 150.0],
+        help="level range of --background uniform (photons/px)",
+    )
+    parser.add_argument(
+        "--workers-cpu",
+        type=int,
+        nargs="*",
+        default=[0],
+        help="DataLoader worker counts of the training-data pipeline on the CPU (none: skip)",
+    )
+    parser.add_argument(
+        "--workers-gpu",
+        type=int,
+        nargs="*",
+        default=[4, 8],
+        help="DataLoader worker counts of the training-data pipeline on the GPU (none: skip)",
+    )
+    parser.add_argument(
+        "--pipeline-batches", type=int, default=8, help="batches per timed call of the training-data pipeline"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", nargs="?", const=default_report_path(BENCHMARK), default=None, type=Path,
-                        help="also write a markdown report (no path: results/simulation_<host>.md)")
+    parser.add_argument(
+        "--out",
+        nargs="?",
+        const=default_report_path(BENCHMARK),
+        default=None,
+        type=Path,
+        help="also write a markdown report (no path: results/simulation_<host>.md)",
+    )
     args = parser.parse_args(argv)
     if "cuda" in args.devices and not cuda:
         parser.error("--devices cuda: CUDA is not available")
-    sizes = (args.batch_cpu, args.batch_gpu, args.repeats, args.baseline_chunk_cpu, args.baseline_chunk_gpu,
-             args.pipeline_batches)
+    sizes = (
+        args.batch_cpu,
+        args.batch_gpu,
+        args.repeats,
+        args.baseline_chunk_cpu,
+        args.baseline_chunk_gpu,
+        args.pipeline_batches,
+    )
     if min(sizes) < 1:
         parser.error("batch sizes, chunks, --repeats and --pipeline-batches must be at least 1")
     if min(args.workers_cpu + args.workers_gpu, default=0) < 0:
@@ -369,16 +484,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.out is not None:
         settings = {
             "setup": f"{setup.name} (N = {setup.pupil_grid}, {setup.pixel_size_um * 1e3:.0f} nm pixels, z "
-                     f"{setup.z_range_um[0]:g}–{setup.z_range_um[1]:g} µm), built-in model Tetrapod, float32",
+            f"{setup.z_range_um[0]:g}–{setup.z_range_um[1]:g} µm), built-in model Tetrapod, float32",
             "frames": f"{args.frame_size}×{args.frame_size} px, {args.emitters[0]}–{args.emitters[1]} "
-                      "emitters (uniform), Gamma(3, 3000) photons",
+            "emitters (uniform), Gamma(3, 3000) photons",
             "background / camera": f"{args.background} / ReadoutCamera (baseline 20–40, σ 8–12 smooth map)",
             "frames per call (CPU / GPU)": f"{args.batch_cpu} / {args.batch_gpu}",
             "baseline FFT chunk (CPU / GPU)": f"{args.baseline_chunk_cpu} / {args.baseline_chunk_gpu} "
-                                              "emitters",
+            "emitters",
             "warm-up / timed calls": f"{args.warmup} / {args.repeats} (median; ± is half the relative range)",
             "training-data pipeline": f"{args.pipeline_batches} batches per call; 2 × workers batches "
-                                      "drained untimed first; pinned memory on CUDA",
+            "drained untimed first; pinned memory on CUDA",
             "seed": args.seed,
         }
         notes = notes + [

@@ -32,18 +32,35 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import (
+    PRECISIONS,
+    Timing,
+    autocast,
+    compose_config,
+    default_report_path,
+    machine_info,
+    markdown_table,
+    peak_memory_text,
+    print_results,
+    reset_peak_memory,
+    set_tf32,
+    synchronize,
+    time_call,
+    write_report,
+)
 from torch import Tensor
 
-from common import (PRECISIONS, Timing, autocast, compose_config, default_report_path, machine_info,
-                    markdown_table, peak_memory_text, print_results, reset_peak_memory, set_tf32, synchronize,
-                    time_call, write_report)
 from dstorm3d.simulation.simulator import EmitterDataset, batch_emitters, collate_samples
 
 BENCHMARK = "training"
 PAPER_EPOCH_IMAGES = 9000
 ORIGINAL_EPOCH_S = 2400.0  # Titan Xp, pre-generated data (reference.md §10)
-CONFIGS = {"tetrapod_dense": ["experiment=tetrapod_dense"], "psf_design": ["experiment=psf_design"],
-           "quickstart": ["experiment=quickstart"], "storm_offsets": ["experiment=storm_offsets"]}
+CONFIGS = {
+    "tetrapod_dense": ["experiment=tetrapod_dense"],
+    "psf_design": ["experiment=psf_design"],
+    "quickstart": ["experiment=quickstart"],
+    "storm_offsets": ["experiment=storm_offsets"],
+}
 # The periodic training-metric decode (every train_metrics_every_n_steps) is not part of a typical step.
 COMMON_OVERRIDES = ["model.train_metrics_every_n_steps=0"]
 
@@ -78,17 +95,21 @@ class Experiment:
         head, net, sim = self.model["head"], self.model["network"], self.model["simulation"]
         h, w = sim["frame_shape"]
         depth = f", D = {head['depth_slices']}" if head["kind"] == "volume" else ""
-        return (f"{head['kind']} head{depth}, {net.get('trunk', 'paper')} trunk, {net['channels']} channels, "
-                f"{h}×{w} px frames, "
-                f"{sim['emitters'].get('count_range', sim['emitters'].get('density_per_um2'))} emitters")
+        return (
+            f"{head['kind']} head{depth}, {net.get('trunk', 'paper')} trunk, {net['channels']} channels, "
+            f"{h}×{w} px frames, "
+            f"{sim['emitters'].get('count_range', sim['emitters'].get('density_per_um2'))} emitters"
+        )
 
 
 def load_experiment(name: str, extra: Sequence[str]) -> Experiment:
-    config = compose_config("train.yaml", [*CONFIGS[name], *COMMON_OVERRIDES, *extra],
-                            sections=("model", "data", "trainer"))
+    config = compose_config(
+        "train.yaml", [*CONFIGS[name], *COMMON_OVERRIDES, *extra], sections=("model", "data", "trainer")
+    )
     epochs = config.get("trainer", {}).get("max_epochs")
-    return Experiment(name, dict(config["model"]), dict(config["data"]), None if epochs is None else int(epochs))
-
+    return Experiment(
+        name, dict(config["model"]), dict(config["data"]), None if epochs is None else int(epochs)
+    )
 
 
 def build_module(experiment: Experiment, device: torch.device, precision: str) -> torch.nn.Module:
@@ -112,8 +133,10 @@ class Batches:
 
     def __init__(self, dataset: EmitterDataset, batch_size: int, count: int) -> None:
         self.batch_size = batch_size
-        self.batches = [collate_samples([dataset[(i * batch_size + j) % len(dataset)] for j in range(batch_size)])
-                        for i in range(count)]
+        self.batches = [
+            collate_samples([dataset[(i * batch_size + j) % len(dataset)] for j in range(batch_size)])
+            for i in range(count)
+        ]
         self.next = 0
 
     def take(self) -> dict[str, Tensor]:
@@ -155,8 +178,9 @@ class Row:
         return images / self.images_per_s
 
 
-def measure(device: torch.device, experiment: Experiment, precision: str, batch_size: int,
-            args: argparse.Namespace) -> Row:
+def measure(
+    device: torch.device, experiment: Experiment, precision: str, batch_size: int, args: argparse.Namespace
+) -> Row:
     """Full steps (``time_call``), then the split over ``--split-repeats`` more steps."""
     reset_peak_memory(device)
     module = build_module(experiment, device, precision)
@@ -194,13 +218,25 @@ def measure(device: torch.device, experiment: Experiment, precision: str, batch_
         t3 = time.perf_counter()
         parts.append((t1 - t0, t2 - t1, t3 - t2))
     simulation, forward, backward = (Timing(tuple(p[i] for p in parts)) for i in range(3))
-    row = Row(device.type, experiment, precision, batch_size, full, simulation, forward, backward,
-              peak_memory_text(device))
+    row = Row(
+        device.type,
+        experiment,
+        precision,
+        batch_size,
+        full,
+        simulation,
+        forward,
+        backward,
+        peak_memory_text(device),
+    )
     del module, optimizer
-    print(f"  {device.type:4s} {experiment.name:14s} {precision:7s} batch {batch_size:3d}: "
-          f"{full.rate_text(batch_size):>12s} images/s, step {1e3 * full.median:8.1f} ms (sim "
-          f"{1e3 * simulation.median:.1f} / fwd {1e3 * forward.median:.1f} / bwd+step {1e3 * backward.median:.1f} ms)",
-          file=sys.stderr, flush=True)
+    print(
+        f"  {device.type:4s} {experiment.name:14s} {precision:7s} batch {batch_size:3d}: "
+        f"{full.rate_text(batch_size):>12s} images/s, step {1e3 * full.median:8.1f} ms (sim "
+        f"{1e3 * simulation.median:.1f} / fwd {1e3 * forward.median:.1f} / bwd+step {1e3 * backward.median:.1f} ms)",
+        file=sys.stderr,
+        flush=True,
+    )
     return row
 
 
@@ -212,18 +248,36 @@ def results_table(rows: Sequence[Row]) -> str:
         total = sum(split)
         paper = row.experiment.name == "tetrapod_dense"
         epoch = row.epoch_s(PAPER_EPOCH_IMAGES)
-        table.append([
-            row.device, row.experiment.name, row.precision, row.batch_size,
-            row.step.rate_text(row.batch_size), f"{1e3 * step:,.1f}",
-            *(f"{1e3 * t:,.1f} ({100 * t / total:.0f}%)" for t in split),
-            f"{epoch:,.0f}" if paper else "—",
-            f"{ORIGINAL_EPOCH_S / epoch:.3g}×" if paper else "—",
-            run_text(row),
-            row.memory,
-        ])
-    headers = ["device", "config", "precision", "batch", "images/s", "step (ms)", "simulation (ms)",
-               "forward + loss (ms)", "backward + step (ms)", "9,000-image epoch (s)", "vs original 2,400 s",
-               "configured run (h)", "peak GPU memory"]
+        table.append(
+            [
+                row.device,
+                row.experiment.name,
+                row.precision,
+                row.batch_size,
+                row.step.rate_text(row.batch_size),
+                f"{1e3 * step:,.1f}",
+                *(f"{1e3 * t:,.1f} ({100 * t / total:.0f}%)" for t in split),
+                f"{epoch:,.0f}" if paper else "—",
+                f"{ORIGINAL_EPOCH_S / epoch:.3g}×" if paper else "—",
+                run_text(row),
+                row.memory,
+            ]
+        )
+    headers = [
+        "device",
+        "config",
+        "precision",
+        "batch",
+        "images/s",
+        "step (ms)",
+        "simulation (ms)",
+        "forward + loss (ms)",
+        "backward + step (ms)",
+        "9,000-image epoch (s)",
+        "vs original 2,400 s",
+        "configured run (h)",
+        "peak GPU memory",
+    ]
     return markdown_table(headers, table, align_right=[False, False, False] + [True] * 10)
 
 
@@ -236,36 +290,75 @@ def run_text(row: Row) -> str:
 
 # ---------------------------------------------------------------------------------------- command line
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     cuda = torch.cuda.is_available()
-    parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"],
-                        default=["cpu", "cuda"] if cuda else ["cpu"], help="devices to measure on")
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        choices=["cpu", "cuda"],
+        default=["cpu", "cuda"] if cuda else ["cpu"],
+        help="devices to measure on",
+    )
     parser.add_argument("--batch-cpu", type=int, nargs="+", default=[2], help="batch sizes on the CPU")
     parser.add_argument("--batch-gpu", type=int, nargs="+", default=[16, 32], help="batch sizes on the GPU")
-    parser.add_argument("--precisions-cpu", nargs="+", choices=PRECISIONS, default=["fp32"],
-                        help="precisions on the CPU (bf16 autocast works there too, but is rarely faster)")
-    parser.add_argument("--precisions-gpu", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
-                        help="precisions on the GPU")
+    parser.add_argument(
+        "--precisions-cpu",
+        nargs="+",
+        choices=PRECISIONS,
+        default=["fp32"],
+        help="precisions on the CPU (bf16 autocast works there too, but is rarely faster)",
+    )
+    parser.add_argument(
+        "--precisions-gpu",
+        nargs="+",
+        choices=PRECISIONS,
+        default=list(PRECISIONS),
+        help="precisions on the GPU",
+    )
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default CPU 1, GPU 3)")
     parser.add_argument("--repeats", type=int, default=None, help="timed full steps (default CPU 2, GPU 10)")
-    parser.add_argument("--split-repeats", type=int, default=None,
-                        help="steps timed part by part (default CPU 1, GPU 5)")
-    parser.add_argument("--experiments", nargs="+", choices=["tetrapod_dense", "psf_design", "storm_offsets"],
-                        default=["tetrapod_dense"],
-                        help="configurations measured at every device, precision and batch size "
-                             "(psf_design: the joint mask + decoder step, telomere optics N = 329; "
-                             "storm_offsets: the shipped STORM model's recipe, 64×64 crops)")
-    parser.add_argument("--no-quickstart", action="store_true",
-                        help="skip the quickstart configuration (offsets head, 32×32 frames; CPU only, fp32, "
-                             "its configured batch)")
-    parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="extra Hydra overrides for tetrapod_dense, e.g. model.head.depth_slices=61")
-    parser.add_argument("--tf32", choices=["default", "on", "off"], default="default",
-                        help="TF32 on the GPU: torch's default (convolutions yes, matmuls no), all on, all off")
+    parser.add_argument(
+        "--split-repeats", type=int, default=None, help="steps timed part by part (default CPU 1, GPU 5)"
+    )
+    parser.add_argument(
+        "--experiments",
+        nargs="+",
+        choices=["tetrapod_dense", "psf_design", "storm_offsets"],
+        default=["tetrapod_dense"],
+        help="configurations measured at every device, precision and batch size "
+        "(psf_design: the joint mask + decoder step, telomere optics N = 329; "
+        "storm_offsets: the shipped STORM model's recipe, 64×64 crops)",
+    )
+    parser.add_argument(
+        "--no-quickstart",
+        action="store_true",
+        help="skip the quickstart configuration (offsets head, 32×32 frames; CPU only, fp32, "
+        "its configured batch)",
+    )
+    parser.add_argument(
+        "--override",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra Hydra overrides for tetrapod_dense, e.g. model.head.depth_slices=61",
+    )
+    parser.add_argument(
+        "--tf32",
+        choices=["default", "on", "off"],
+        default="default",
+        help="TF32 on the GPU: torch's default (convolutions yes, matmuls no), all on, all off",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; None keeps torch's")
-    parser.add_argument("--out", nargs="?", const=default_report_path(BENCHMARK), default=None, type=Path,
-                        help="also write a markdown report (no path: results/training_<host>.md)")
+    parser.add_argument(
+        "--out",
+        nargs="?",
+        const=default_report_path(BENCHMARK),
+        default=None,
+        type=Path,
+        help="also write a markdown report (no path: results/training_<host>.md)",
+    )
     args = parser.parse_args(argv)
     if "cuda" in args.devices and not cuda:
         parser.error("--devices cuda: CUDA is not available")
@@ -313,14 +406,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         if experiment is None:
             continue
         rate = loader_rate(emitter_dataset(experiment), experiment.batch_size)
-        notes.append(f"{experiment.name}: emitter sampling + background + collation (the DataLoader's share, CPU, "
-                     f"one process, not in the step): {rate:,.0f} images/s; the config runs "
-                     f"{experiment.data['num_workers']} worker(s)")
+        notes.append(
+            f"{experiment.name}: emitter sampling + background + collation (the DataLoader's share, CPU, "
+            f"one process, not in the step): {rate:,.0f} images/s; the config runs "
+            f"{experiment.data['num_workers']} worker(s)"
+        )
     if quick is not None:
         for row in rows:
             if row.experiment is quick:
-                notes.append(f"quickstart: its {quick.epoch_images:,}-image epoch ≈ "
-                             f"{row.epoch_s(quick.epoch_images):,.0f} s on {row.device} at batch {row.batch_size}")
+                notes.append(
+                    f"quickstart: its {quick.epoch_images:,}-image epoch ≈ "
+                    f"{row.epoch_s(quick.epoch_images):,.0f} s on {row.device} at batch {row.batch_size}"
+                )
 
     table = results_table(rows)
     machine = machine_info()
@@ -328,9 +425,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.out is not None:
         cpu, gpu = device_settings(args, torch.device("cpu")), device_settings(args, torch.device("cuda"))
         settings = {
-            **{e.name: f"train.yaml experiment={e.name} {' '.join(args.override)}".strip() + f": {e.description()}"
-               for e in measured},
-            "quickstart": "skipped" if quick is None else f"train.yaml experiment=quickstart: {quick.description()}",
+            **{
+                e.name: f"train.yaml experiment={e.name} {' '.join(args.override)}".strip()
+                + f": {e.description()}"
+                for e in measured
+            },
+            "quickstart": "skipped"
+            if quick is None
+            else f"train.yaml experiment=quickstart: {quick.description()}",
             "batch sizes (CPU / GPU)": f"{args.batch_cpu} / {args.batch_gpu}",
             "precisions (CPU / GPU)": f"{args.precisions_cpu} / {args.precisions_gpu}",
             "warm-up / timed steps / split steps (CPU)": f"{cpu.warmup} / {cpu.repeats} / {cpu.split_repeats}",

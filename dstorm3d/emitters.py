@@ -12,8 +12,8 @@ Geometry used everywhere in dstorm3d (see also ``README.md``, section *Conventio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ class Emitters:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def empty(cls, batch: int, device: torch.device | str | None = None) -> "Emitters":
+    def empty(cls, batch: int, device: torch.device | str | None = None) -> Emitters:
         """``batch`` frames without emitters."""
         return cls(
             xyz=torch.zeros(batch, 0, 3, device=device),
@@ -74,7 +74,7 @@ class Emitters:
         score: Sequence[np.ndarray | Tensor] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
-    ) -> "Emitters":
+    ) -> Emitters:
         """Pad per-frame arrays (``(n_i, 3)`` positions, ``(n_i,)`` photons/flags) into one batch."""
         b = len(xyz)
         counts = [int(len(p)) for p in xyz]
@@ -100,7 +100,7 @@ class Emitters:
         return cls(out_xyz, out_ph, valid, lab, sc).to(device)
 
     @classmethod
-    def cat(cls, batches: Sequence["Emitters"]) -> "Emitters":
+    def cat(cls, batches: Sequence[Emitters]) -> Emitters:
         """Concatenate along the frame axis, re-padding to the largest ``M``."""
         if not batches:
             raise ValueError("cannot concatenate an empty sequence of Emitters")
@@ -132,7 +132,7 @@ class Emitters:
         """``(B,)`` number of valid (or labelled) emitters per frame."""
         return (self.labelled if labelled_only else self.valid).sum(dim=1)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Emitters":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Emitters:
         def move(t: Tensor | None, floating: bool) -> Tensor | None:
             if t is None:
                 return None
@@ -146,7 +146,7 @@ class Emitters:
             score=move(self.score, True),
         )
 
-    def pad_to(self, m: int) -> "Emitters":
+    def pad_to(self, m: int) -> Emitters:
         """Pad (never truncate) to ``m`` entries per frame."""
         extra = m - self.max_count
         if extra < 0:
@@ -161,16 +161,23 @@ class Emitters:
             shape[1] = extra
             return torch.cat([t, torch.full(shape, value, dtype=t.dtype, device=t.device)], dim=1)
 
-        return Emitters(pad(self.xyz), pad(self.photons), pad(self.valid, False), pad(self.labelled, False),
-                        pad(self.score))
+        return Emitters(
+            pad(self.xyz),
+            pad(self.photons),
+            pad(self.valid, False),
+            pad(self.labelled, False),
+            pad(self.score),
+        )
 
-    def select_frames(self, index: Tensor | slice | Sequence[int]) -> "Emitters":
+    def select_frames(self, index: Tensor | slice | Sequence[int]) -> Emitters:
         """The emitters of a subset of frames."""
-        kwargs = {f.name: (getattr(self, f.name)[index] if getattr(self, f.name) is not None else None)
-                  for f in fields(self)}
+        kwargs = {
+            f.name: (getattr(self, f.name)[index] if getattr(self, f.name) is not None else None)
+            for f in fields(self)
+        }
         return Emitters(**kwargs)
 
-    def with_valid(self, valid: Tensor) -> "Emitters":
+    def with_valid(self, valid: Tensor) -> Emitters:
         """Same entries with a new validity mask (e.g. after thresholding the score)."""
         return replace(self, valid=valid.bool(), labelled=self.labelled & valid.bool())
 

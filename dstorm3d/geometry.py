@@ -122,6 +122,6 @@ class VolumeGrid:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "VolumeGrid":
+    def from_dict(cls, data: dict[str, Any]) -> VolumeGrid:
         """Inverse of :meth:`to_dict`."""
         return cls(**data)

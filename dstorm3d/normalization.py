@@ -40,7 +40,7 @@ class FrameNormalization:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "FrameNormalization":
+    def from_dict(cls, data: Mapping[str, Any] | None) -> FrameNormalization:
         data = dict(data or {})
         unknown = set(data) - {"kind", "offset", "divisor"}
         if unknown:

@@ -76,12 +76,27 @@ STRUCTURES = ("filaments", "ellipsoids", "random")
 BLINKING_MODELS = ("markov", "independent")
 #: The settings that determine the recording (written to simulation.json); ``out`` and ``overwrite`` only
 #: say where it goes.
-SETTING_KEYS = ("seed", "device", "frames", "frame_shape", "z_range_um", "structure", "emitters", "filaments",
-                "ellipsoids", "blinking", "photons", "blur_sigma_px", "render_window_px", "background",
-                "background_per_frame", "camera")
-FRAMES_PER_CHUNK = 16          # frames rendered together (memory stays bounded for any T) ...
-PIXELS_PER_CHUNK = 2 ** 24     # ... and for any frame size (at least one frame per chunk)
-EMITTERS_PER_RENDER = 2048     # emitters per render call (memory stays bounded for any density)
+SETTING_KEYS = (
+    "seed",
+    "device",
+    "frames",
+    "frame_shape",
+    "z_range_um",
+    "structure",
+    "emitters",
+    "filaments",
+    "ellipsoids",
+    "blinking",
+    "photons",
+    "blur_sigma_px",
+    "render_window_px",
+    "background",
+    "background_per_frame",
+    "camera",
+)
+FRAMES_PER_CHUNK = 16  # frames rendered together (memory stays bounded for any T) ...
+PIXELS_PER_CHUNK = 2**24  # ... and for any frame size (at least one frame per chunk)
+EMITTERS_PER_RENDER = 2048  # emitters per render call (memory stays bounded for any density)
 UINT16_MAX = 65535
 
 
@@ -96,12 +111,14 @@ class FilamentSettings:
     tube_radius_um: float
 
     @classmethod
-    def from_config(cls, config: Any) -> "FilamentSettings":
+    def from_config(cls, config: Any) -> FilamentSettings:
         c = mapping("filaments", config, [f for f in cls.__dataclass_fields__])
-        return cls(count=integer("filaments.count", c.get("count"), minimum=1),
-                   control_points=integer("filaments.control_points", c.get("control_points"), minimum=2),
-                   wiggle_um=number("filaments.wiggle_um", c.get("wiggle_um"), minimum=0),
-                   tube_radius_um=number("filaments.tube_radius_um", c.get("tube_radius_um"), minimum=0))
+        return cls(
+            count=integer("filaments.count", c.get("count"), minimum=1),
+            control_points=integer("filaments.control_points", c.get("control_points"), minimum=2),
+            wiggle_um=number("filaments.wiggle_um", c.get("wiggle_um"), minimum=0),
+            tube_radius_um=number("filaments.tube_radius_um", c.get("tube_radius_um"), minimum=0),
+        )
 
 
 @dataclass(frozen=True)
@@ -113,15 +130,20 @@ class EllipsoidSettings:
     axial_fraction: tuple[float, float]
 
     @classmethod
-    def from_config(cls, config: Any) -> "EllipsoidSettings":
+    def from_config(cls, config: Any) -> EllipsoidSettings:
         c = mapping("ellipsoids", config, [f for f in cls.__dataclass_fields__])
         lateral = pair("ellipsoids.lateral_radius_um", c.get("lateral_radius_um"), minimum=0)
         axial = pair("ellipsoids.axial_fraction", c.get("axial_fraction"), minimum=0)
         if lateral[0] <= 0 or axial[0] <= 0 or axial[1] > 1:
-            raise UserInputError("ellipsoids need lateral_radius_um > 0 and axial_fraction in (0, 1], got "
-                                 f"{list(lateral)} and {list(axial)}")
-        return cls(count=integer("ellipsoids.count", c.get("count"), minimum=1), lateral_radius_um=lateral,
-                   axial_fraction=axial)
+            raise UserInputError(
+                "ellipsoids need lateral_radius_um > 0 and axial_fraction in (0, 1], got "
+                f"{list(lateral)} and {list(axial)}"
+            )
+        return cls(
+            count=integer("ellipsoids.count", c.get("count"), minimum=1),
+            lateral_radius_um=lateral,
+            axial_fraction=axial,
+        )
 
 
 @dataclass(frozen=True)
@@ -134,13 +156,15 @@ class BlinkingSettings:
     mean_on_frames: float
 
     @classmethod
-    def from_config(cls, config: Any) -> "BlinkingSettings":
+    def from_config(cls, config: Any) -> BlinkingSettings:
         c = mapping("blinking", config, [f for f in cls.__dataclass_fields__])
         duty = c.get("duty_cycle")
-        return cls(model=choice("blinking.model", c.get("model"), BLINKING_MODELS),
-                   density_per_um2=number("blinking.density_per_um2", c.get("density_per_um2"), above=0),
-                   duty_cycle=None if duty is None else number("blinking.duty_cycle", duty, above=0, maximum=1),
-                   mean_on_frames=number("blinking.mean_on_frames", c.get("mean_on_frames"), minimum=1))
+        return cls(
+            model=choice("blinking.model", c.get("model"), BLINKING_MODELS),
+            density_per_um2=number("blinking.density_per_um2", c.get("density_per_um2"), above=0),
+            duty_cycle=None if duty is None else number("blinking.duty_cycle", duty, above=0, maximum=1),
+            mean_on_frames=number("blinking.mean_on_frames", c.get("mean_on_frames"), minimum=1),
+        )
 
 
 @dataclass(frozen=True)
@@ -154,14 +178,16 @@ class PhotonDistribution:
     KEYS = {"gamma": ("shape", "scale"), "uniform": ("low", "high"), "fixed": ("value",)}
 
     @classmethod
-    def from_config(cls, config: Any) -> "PhotonDistribution":
+    def from_config(cls, config: Any) -> PhotonDistribution:
         c = mapping("photons", config)
         kind = choice("photons.kind", c.get("kind"), tuple(cls.KEYS))
         keys = cls.KEYS[kind]
         extra = sorted(set(c) - {"kind", *keys})
         if extra:
-            raise UserInputError(f"photons of kind {kind} take the keys {list(keys)}, not {extra} (replace "
-                                 f"the whole entry: ~photons '+photons={{kind: {kind}, ...}}')")
+            raise UserInputError(
+                f"photons of kind {kind} take the keys {list(keys)}, not {extra} (replace "
+                f"the whole entry: ~photons '+photons={{kind: {kind}, ...}}')"
+            )
         params = {k: number(f"photons.{k}", c.get(k), minimum=0) for k in keys}
         if kind == "gamma" and min(params.values()) <= 0:
             raise UserInputError(f"photons gamma needs shape > 0 and scale > 0, got {params}")
@@ -203,7 +229,7 @@ class SimulationSettings:
     camera: dict[str, Any]
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "SimulationSettings":
+    def from_config(cls, config: Mapping[str, Any]) -> SimulationSettings:
         shape = config.get("frame_shape")
         if not (isinstance(shape, Sequence) and len(shape) == 2):
             raise UserInputError(f"frame_shape must be [H, W], got {shape!r}")
@@ -216,8 +242,10 @@ class SimulationSettings:
             seed=integer("seed", config.get("seed"), minimum=0),
             device=device,
             frames=integer("frames", config.get("frames"), minimum=1),
-            frame_shape=(integer("frame_shape[0] (H)", shape[0], minimum=1),
-                         integer("frame_shape[1] (W)", shape[1], minimum=1)),
+            frame_shape=(
+                integer("frame_shape[0] (H)", shape[0], minimum=1),
+                integer("frame_shape[1] (W)", shape[1], minimum=1),
+            ),
             z_range_um=None if z_range is None else pair("z_range_um", z_range, minimum=0),
             structure=choice("structure", config.get("structure"), STRUCTURES),
             emitters=integer("emitters", config.get("emitters"), minimum=1),
@@ -253,12 +281,23 @@ class Volume:
 
     def contains(self, xyz: np.ndarray) -> np.ndarray:
         x, y, z = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-        return ((x >= 0) & (x < self.width_um) & (y >= 0) & (y < self.height_um)
-                & (z >= self.z_range_um[0]) & (z <= self.z_range_um[1]))
+        return (
+            (x >= 0)
+            & (x < self.width_um)
+            & (y >= 0)
+            & (y < self.height_um)
+            & (z >= self.z_range_um[0])
+            & (z <= self.z_range_um[1])
+        )
 
 
-def fill_volume(draw: Callable[[np.random.Generator, int], np.ndarray], n: int, volume: Volume,
-                rng: np.random.Generator, structure: str) -> np.ndarray:
+def fill_volume(
+    draw: Callable[[np.random.Generator, int], np.ndarray],
+    n: int,
+    volume: Volume,
+    rng: np.random.Generator,
+    structure: str,
+) -> np.ndarray:
     """``(n, 3)`` points from ``draw(rng, count)`` that lie inside ``volume``, in the order drawn."""
     kept: list[np.ndarray] = []
     found = drawn = 0
@@ -274,14 +313,17 @@ def fill_volume(draw: Callable[[np.random.Generator, int], np.ndarray], n: int, 
         if drawn >= 1000 and found == 0:
             break
     if found < n:
-        raise UserInputError(f"structure={structure} leaves (almost) nothing inside the "
-                             f"{volume.width_um:.2f}×{volume.height_um:.2f} µm frame and z range "
-                             f"{list(volume.z_range_um)}: change its settings or use structure=random")
+        raise UserInputError(
+            f"structure={structure} leaves (almost) nothing inside the "
+            f"{volume.width_um:.2f}×{volume.height_um:.2f} µm frame and z range "
+            f"{list(volume.z_range_um)}: change its settings or use structure=random"
+        )
     return np.concatenate(kept)[:n]
 
 
 def random_structure(rng: np.random.Generator, n: int, volume: Volume) -> tuple[np.ndarray, dict[str, Any]]:
     """Uniform in the volume."""
+
     def draw(generator: np.random.Generator, count: int) -> np.ndarray:
         low = [0.0, 0.0, volume.z_range_um[0]]
         high = [volume.width_um, volume.height_um, volume.z_range_um[1]]
@@ -299,12 +341,15 @@ def ellipsoid_area(radii: Sequence[float]) -> float:
 
 def _require_depth(volume: Volume, structure: str) -> None:
     if volume.z_span_um <= 0:
-        raise UserInputError(f"structure={structure} needs a z range of positive length, got "
-                             f"{list(volume.z_range_um)}: widen z_range_um or use structure=random")
+        raise UserInputError(
+            f"structure={structure} needs a z range of positive length, got "
+            f"{list(volume.z_range_um)}: widen z_range_um or use structure=random"
+        )
 
 
-def ellipsoid_structure(rng: np.random.Generator, n: int, volume: Volume,
-                        settings: EllipsoidSettings) -> tuple[np.ndarray, dict[str, Any]]:
+def ellipsoid_structure(
+    rng: np.random.Generator, n: int, volume: Volume, settings: EllipsoidSettings
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Emitters uniform by area on ellipsoid surfaces, each rotated about z by a random angle.
 
     The frame is divided into a near-square grid of at least ``count`` cells; each ellipsoid is centred
@@ -321,12 +366,18 @@ def ellipsoid_structure(rng: np.random.Generator, n: int, volume: Volume,
         lateral = rng.uniform(*settings.lateral_radius_um, size=2)
         axial = rng.uniform(*settings.axial_fraction) * volume.z_span_um / 2
         row, column = divmod(int(cell), columns)
-        centre = [(column + rng.uniform(0.25, 0.75)) * volume.width_um / columns,
-                  (row + rng.uniform(0.25, 0.75)) * volume.height_um / rows,
-                  rng.uniform(z0 + axial, z1 - axial)]
-        shapes.append({"centre_um": [float(v) for v in centre],
-                       "radii_um": [float(lateral[0]), float(lateral[1]), float(axial)],
-                       "angle_deg": float(rng.uniform(0.0, 180.0))})
+        centre = [
+            (column + rng.uniform(0.25, 0.75)) * volume.width_um / columns,
+            (row + rng.uniform(0.25, 0.75)) * volume.height_um / rows,
+            rng.uniform(z0 + axial, z1 - axial),
+        ]
+        shapes.append(
+            {
+                "centre_um": [float(v) for v in centre],
+                "radii_um": [float(lateral[0]), float(lateral[1]), float(axial)],
+                "angle_deg": float(rng.uniform(0.0, 180.0)),
+            }
+        )
     areas = np.array([ellipsoid_area(s["radii_um"]) for s in shapes])
 
     def draw(generator: np.random.Generator, count: int) -> np.ndarray:
@@ -335,8 +386,13 @@ def ellipsoid_structure(rng: np.random.Generator, n: int, volume: Volume,
         for shape, k in zip(shapes, counts):
             local = ellipsoid_surface(generator, int(k), (0.0, 0.0, 0.0), shape["radii_um"])
             angle = math.radians(shape["angle_deg"])
-            rotation = np.array([[math.cos(angle), -math.sin(angle), 0.0],
-                                 [math.sin(angle), math.cos(angle), 0.0], [0.0, 0.0, 1.0]])
+            rotation = np.array(
+                [
+                    [math.cos(angle), -math.sin(angle), 0.0],
+                    [math.sin(angle), math.cos(angle), 0.0],
+                    [0.0, 0.0, 1.0],
+                ]
+            )
             parts.append(np.asarray(shape["centre_um"]) + local @ rotation.T)
         points = np.concatenate(parts)
         return points[generator.permutation(len(points))]
@@ -366,8 +422,9 @@ class Filament:
         return position, np.divide(tangent, norm, out=np.zeros_like(tangent), where=norm > 0)
 
 
-def filament_structure(rng: np.random.Generator, n: int, volume: Volume,
-                       settings: FilamentSettings) -> tuple[np.ndarray, dict[str, Any]]:
+def filament_structure(
+    rng: np.random.Generator, n: int, volume: Volume, settings: FilamentSettings
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Emitters uniform by length along smooth random 3D curves that cross the whole frame, optionally on a
     tube surface around them.
 
@@ -390,8 +447,11 @@ def filament_structure(rng: np.random.Generator, n: int, volume: Volume,
         along = np.array([math.cos(angle), math.sin(angle)])
         across = np.array([-along[1], along[0]])
         t = np.linspace(-half_length, half_length, settings.control_points)
-        offset = rng.normal(0.0, settings.wiggle_um, size=settings.control_points) if settings.wiggle_um \
+        offset = (
+            rng.normal(0.0, settings.wiggle_um, size=settings.control_points)
+            if settings.wiggle_um
             else np.zeros_like(t)
+        )
         xy = centre + t[:, None] * along + offset[:, None] * across
         z = rng.uniform(z_lo, z_hi, size=settings.control_points)
         knots = np.column_stack([xy, z])
@@ -441,7 +501,7 @@ class Blinking:
     p_off: float
 
     @classmethod
-    def from_settings(cls, settings: BlinkingSettings, emitters: int, area_um2: float) -> "Blinking":
+    def from_settings(cls, settings: BlinkingSettings, emitters: int, area_um2: float) -> Blinking:
         if settings.duty_cycle is not None:
             duty = settings.duty_cycle
         else:
@@ -451,7 +511,8 @@ class Blinking:
                 raise UserInputError(
                     f"blinking.density_per_um2 = {settings.density_per_um2:g} means {active:.1f} active "
                     f"emitters per {area_um2:.1f} µm² frame, more than the structure's "
-                    f"emitters = {emitters}: raise emitters or lower the density")
+                    f"emitters = {emitters}: raise emitters or lower the density"
+                )
         if duty >= 1:
             return cls(settings.model, 1.0, 1.0, 0.0)
         if settings.model == "independent":
@@ -463,7 +524,8 @@ class Blinking:
             raise UserInputError(
                 f"a duty cycle of {duty:.3g} is out of reach with blinking.mean_on_frames = "
                 f"{settings.mean_on_frames:g} (at most {limit:.3g}): raise mean_on_frames or emitters, "
-                "or lower blinking.density_per_um2")
+                "or lower blinking.density_per_um2"
+            )
         return cls("markov", duty, p_on, p_off)
 
     def states(self, rng: np.random.Generator, emitters: int, frames: int) -> Iterator[np.ndarray]:
@@ -472,8 +534,11 @@ class Blinking:
         for frame in range(frames):
             if frame:
                 u = rng.random(emitters)
-                on = (u < self.duty_cycle) if self.model == "independent" else np.where(on, u >= self.p_off,
-                                                                                          u < self.p_on)
+                on = (
+                    (u < self.duty_cycle)
+                    if self.model == "independent"
+                    else np.where(on, u >= self.p_off, u < self.p_on)
+                )
             yield on
 
 
@@ -501,11 +566,18 @@ class SimulationPlan:
 
     def description(self) -> dict[str, Any]:
         """Metadata stored in the TIFF description (JSON)."""
-        return {"software": f"dstorm3d {_package_version()} (dstorm3d.simulate)", "unit": "camera counts",
-                "pixel_size_um": self.setup.pixel_size_um, "seed": self.settings.seed,
-                "optical_setup": self.setup.to_dict(), "mask": describe_mask_source(self.optics),
-                "camera": self.settings.camera, "background": self.settings.background,
-                "structure": self.settings.structure, "ground_truth": GROUND_TRUTH}
+        return {
+            "software": f"dstorm3d {_package_version()} (dstorm3d.simulate)",
+            "unit": "camera counts",
+            "pixel_size_um": self.setup.pixel_size_um,
+            "seed": self.settings.seed,
+            "optical_setup": self.setup.to_dict(),
+            "mask": describe_mask_source(self.optics),
+            "camera": self.settings.camera,
+            "background": self.settings.background,
+            "structure": self.settings.structure,
+            "ground_truth": GROUND_TRUTH,
+        }
 
 
 def _device(name: str) -> torch.device:
@@ -517,17 +589,22 @@ def _device(name: str) -> torch.device:
         raise UserInputError(f"device={name!r} is not a torch device: {error}") from None
 
 
-def with_fixed_read_noise_map(camera: Camera, shape: tuple[int, int], generator: torch.Generator,
-                              device: torch.device) -> Camera:
+def with_fixed_read_noise_map(
+    camera: Camera, shape: tuple[int, int], generator: torch.Generator, device: torch.device
+) -> Camera:
     """A readout camera whose spatially varying read noise (a σ range with a correlation length) is one
     map for the whole recording, as a real camera's, instead of a new map per frame."""
-    if not (isinstance(camera, ReadoutCamera) and isinstance(camera.read_noise, tuple)
-            and camera.read_noise_correlation_px is not None):
+    if not (
+        isinstance(camera, ReadoutCamera)
+        and isinstance(camera.read_noise, tuple)
+        and camera.read_noise_correlation_px is not None
+    ):
         return camera
     lo, hi = camera.read_noise
     sigma = smooth_random_map((1, *shape), lo, hi, camera.read_noise_correlation_px, generator, device)[0]
-    return ReadoutCamera(baseline=camera.baseline, read_noise=sigma,
-                         read_noise_correlation_px=camera.read_noise_correlation_px)
+    return ReadoutCamera(
+        baseline=camera.baseline, read_noise=sigma, read_noise_correlation_px=camera.read_noise_correlation_px
+    )
 
 
 def plan_simulation(config: Mapping[str, Any]) -> SimulationPlan:
@@ -539,8 +616,10 @@ def plan_simulation(config: Mapping[str, Any]) -> SimulationPlan:
     z_range = settings.z_range_um or setup.z_range_um
     s0, s1 = setup.z_range_um
     if z_range[0] < s0 - 1e-9 or z_range[1] > s1 + 1e-9:
-        raise UserInputError(f"z_range_um = {list(z_range)} leaves the optics' z range "
-                             f"{list(setup.z_range_um)}: choose a range inside it or another optics")
+        raise UserInputError(
+            f"z_range_um = {list(z_range)} leaves the optics' z range "
+            f"{list(setup.z_range_um)}: choose a range inside it or another optics"
+        )
     device = _device(settings.device)
     mask = mask_from_config(optics, setup)
     pupil = PupilModel(setup, mask, dtype=torch.float32).to(device)
@@ -551,17 +630,30 @@ def plan_simulation(config: Mapping[str, Any]) -> SimulationPlan:
         camera = with_fixed_read_noise_map(configured_camera, (height, width), map_generator, device)
         background = background_from_config(settings.background)
         probe = torch.zeros(1, height, width, device=device)  # checks that maps fit the frame shape
-        camera.sample(probe + background(1, (height, width), generator=torch.Generator(device).manual_seed(0),
-                                         device=device), generator=torch.Generator(device).manual_seed(0))
+        camera.sample(
+            probe
+            + background(1, (height, width), generator=torch.Generator(device).manual_seed(0), device=device),
+            generator=torch.Generator(device).manual_seed(0),
+        )
     except (ValueError, TypeError, RuntimeError) as error:
         raise UserInputError(" ".join(str(error).split())) from None
     volume = Volume(width * setup.pixel_size_um, height * setup.pixel_size_um, z_range)
     blinking = Blinking.from_settings(settings.blinking, settings.emitters, volume.area_um2)
     positions, structure = build_structure(settings, volume)
-    return SimulationPlan(settings=settings, optics=optics, setup=setup, pupil=pupil, camera=camera,
-                          configured_camera=configured_camera,
-                          background=background, volume=volume, positions_um=positions, structure=structure,
-                          blinking=blinking, device=device)
+    return SimulationPlan(
+        settings=settings,
+        optics=optics,
+        setup=setup,
+        pupil=pupil,
+        camera=camera,
+        configured_camera=configured_camera,
+        background=background,
+        volume=volume,
+        positions_um=positions,
+        structure=structure,
+        blinking=blinking,
+        device=device,
+    )
 
 
 # ---------------------------------------------------------------------------------------- frames
@@ -581,8 +673,11 @@ def frame_events(plan: SimulationPlan) -> Iterator[FrameEvents]:
     for on in plan.blinking.states(rng, settings.emitters, settings.frames):
         emitter = np.flatnonzero(on)
         photons = settings.photons.draw(rng, len(emitter)).astype(np.float64)
-        blur = None if settings.blur_sigma_px is None else rng.uniform(*settings.blur_sigma_px,
-                                                                       size=len(emitter))
+        blur = (
+            None
+            if settings.blur_sigma_px is None
+            else rng.uniform(*settings.blur_sigma_px, size=len(emitter))
+        )
         yield FrameEvents(emitter, photons, blur)
 
 
@@ -603,10 +698,16 @@ def render_signal(plan: SimulationPlan, events: Sequence[FrameEvents]) -> Tensor
     with torch.no_grad():
         for start in range(0, len(xyz), EMITTERS_PER_RENDER):
             part = slice(start, start + EMITTERS_PER_RENDER)
-            signal += render_frames(plan.pupil, tensor(xyz[part]), tensor(photons[part]),
-                                    tensor(frame_index[part], torch.long), len(events), (height, width),
-                                    window=plan.settings.render_window_px,
-                                    blur_sigma_px=None if blur is None else tensor(blur[part]))
+            signal += render_frames(
+                plan.pupil,
+                tensor(xyz[part]),
+                tensor(photons[part]),
+                tensor(frame_index[part], torch.long),
+                len(events),
+                (height, width),
+                window=plan.settings.render_window_px,
+                blur_sigma_px=None if blur is None else tensor(blur[part]),
+            )
     return signal
 
 
@@ -623,8 +724,9 @@ class RecordingStats:
     clipped_above_max: int = 0
 
 
-def recording_chunks(plan: SimulationPlan, stats: RecordingStats) -> Iterator[tuple[int, np.ndarray,
-                                                                                     list[FrameEvents]]]:
+def recording_chunks(
+    plan: SimulationPlan, stats: RecordingStats
+) -> Iterator[tuple[int, np.ndarray, list[FrameEvents]]]:
     """``(first frame index, (k, H, W) uint16 counts, the frames' events)`` in chunks of frames.
 
     Background and camera noise of frame t come from generators seeded by (seed, t), so a frame does not
@@ -633,8 +735,9 @@ def recording_chunks(plan: SimulationPlan, stats: RecordingStats) -> Iterator[tu
     height, width = plan.frame_shape
     fixed_background = None
     if not plan.settings.background_per_frame:
-        fixed_background = plan.background(1, (height, width), generator=_generator(plan, "background"),
-                                           device=plan.device)
+        fixed_background = plan.background(
+            1, (height, width), generator=_generator(plan, "background"), device=plan.device
+        )
     events = frame_events(plan)
     chunk_frames = max(1, min(FRAMES_PER_CHUNK, PIXELS_PER_CHUNK // (height * width)))
     for first in range(0, plan.settings.frames, chunk_frames):
@@ -643,10 +746,16 @@ def recording_chunks(plan: SimulationPlan, stats: RecordingStats) -> Iterator[tu
         counts = np.empty((len(chunk), height, width), dtype=np.uint16)
         for i in range(len(chunk)):
             frame = first + i
-            background = fixed_background if fixed_background is not None else plan.background(
-                1, (height, width), generator=_generator(plan, "background", frame), device=plan.device)
-            reading = plan.camera.sample(signal[i:i + 1] + background,
-                                         generator=_generator(plan, "camera", frame))
+            background = (
+                fixed_background
+                if fixed_background is not None
+                else plan.background(
+                    1, (height, width), generator=_generator(plan, "background", frame), device=plan.device
+                )
+            )
+            reading = plan.camera.sample(
+                signal[i : i + 1] + background, generator=_generator(plan, "camera", frame)
+            )
             reading = torch.round(reading[0]).cpu().numpy()
             stats.clipped_below_zero += int((reading < 0).sum())
             stats.clipped_above_max += int((reading > UINT16_MAX).sum())
@@ -669,10 +778,12 @@ class StagedOutputs:
             return
         for name in self.names:
             if (self.folder / name).exists():
-                raise FileExistsError(f"{self.folder / name} exists; refusing to overwrite it: pass "
-                                      "overwrite=true or choose another out=<folder>")
+                raise FileExistsError(
+                    f"{self.folder / name} exists; refusing to overwrite it: pass "
+                    "overwrite=true or choose another out=<folder>"
+                )
 
-    def __enter__(self) -> "StagedOutputs":
+    def __enter__(self) -> StagedOutputs:
         self.folder.mkdir(parents=True, exist_ok=True)
         for name in self.names:
             stem, suffix = os.path.splitext(name)
@@ -698,8 +809,9 @@ class StagedOutputs:
                 path.unlink(missing_ok=True)
 
 
-def csv_rows(plan: SimulationPlan, first_frame: int, chunk: Sequence[FrameEvents],
-             first_id: int) -> list[str]:
+def csv_rows(
+    plan: SimulationPlan, first_frame: int, chunk: Sequence[FrameEvents], first_id: int
+) -> list[str]:
     """Ground-truth CSV lines (nm, frames from 1) for a chunk of frames."""
     lines = []
     row_id = first_id
@@ -734,32 +846,46 @@ def settings_record(config: Mapping[str, Any], plan: SimulationPlan, stats: Reco
             "localizations": stats.localizations,
             "mean_active_per_frame": stats.localizations / settings.frames,
             "clipped_pixels": {"below_0": stats.clipped_below_zero, "above_65535": stats.clipped_above_max},
-            "read_noise": ("one smooth σ map spanning camera.read_noise, drawn once for the whole recording"
-                           if plan.camera is not plan.configured_camera else "as configured"),
+            "read_noise": (
+                "one smooth σ map spanning camera.read_noise, drawn once for the whole recording"
+                if plan.camera is not plan.configured_camera
+                else "as configured"
+            ),
         },
         "structure": plan.structure,
-        "files": {RECORDING: {"shape": [settings.frames, height, width], "dtype": "uint16",
-                              "unit": "camera counts"},
-                  GROUND_TRUTH: {"columns": list(CSV_COLUMNS), "frames": "from 1",
-                                 "x_y": "nm from the top-left corner of the image",
-                                 "z": "nm above the coverslip",
-                                 "intensity": "expected signal photons of the emitter in that frame"},
-                  SETTINGS_FILE: {}},
+        "files": {
+            RECORDING: {
+                "shape": [settings.frames, height, width],
+                "dtype": "uint16",
+                "unit": "camera counts",
+            },
+            GROUND_TRUTH: {
+                "columns": list(CSV_COLUMNS),
+                "frames": "from 1",
+                "x_y": "nm from the top-left corner of the image",
+                "z": "nm above the coverslip",
+                "intensity": "expected signal photons of the emitter in that frame",
+            },
+            SETTINGS_FILE: {},
+        },
     }
 
 
-def write_recording(config: Mapping[str, Any], plan: SimulationPlan, folder: Path,
-                    overwrite: bool) -> RecordingStats:
+def write_recording(
+    config: Mapping[str, Any], plan: SimulationPlan, folder: Path, overwrite: bool
+) -> RecordingStats:
     """Write the three files into ``folder`` (page by page, rows streamed), renaming them at the end."""
     import tifffile
 
     settings = plan.settings
     height, width = settings.frame_shape
     stats = RecordingStats()
-    bigtiff = settings.frames * height * width * 2 > 2 ** 32 - 2 ** 25
+    bigtiff = settings.frames * height * width * 2 > 2**32 - 2**25
     with StagedOutputs(folder, OUTPUT_FILES, overwrite) as staged:
-        with tifffile.TiffWriter(staged.path(RECORDING), bigtiff=bigtiff) as tiff, \
-                open(staged.path(GROUND_TRUTH), "w", newline="") as table:
+        with (
+            tifffile.TiffWriter(staged.path(RECORDING), bigtiff=bigtiff) as tiff,
+            open(staged.path(GROUND_TRUTH), "w", newline="") as table,
+        ):
             table.write(",".join(f'"{c}"' for c in CSV_COLUMNS) + "\n")
             for first, counts, chunk in recording_chunks(plan, stats):
                 for i, frame in enumerate(counts):
@@ -795,10 +921,12 @@ def simulate(cfg: DictConfig) -> Path:
     stats = write_recording(config, plan, folder, overwrite)
     settings = plan.settings
     height, width = settings.frame_shape
-    print(f"{settings.frames} frames of {height}×{width} px ({plan.setup.name}, mask "
-          f"{describe_mask_source(plan.optics).get('name', 'file')}, structure {settings.structure}): "
-          f"{stats.localizations} emitter-frames of {settings.emitters} emitters, "
-          f"{stats.localizations / settings.frames:.1f} per frame")
+    print(
+        f"{settings.frames} frames of {height}×{width} px ({plan.setup.name}, mask "
+        f"{describe_mask_source(plan.optics).get('name', 'file')}, structure {settings.structure}): "
+        f"{stats.localizations} emitter-frames of {settings.emitters} emitters, "
+        f"{stats.localizations / settings.frames:.1f} per frame"
+    )
     print(f"wrote {', '.join(OUTPUT_FILES)} to {folder}")
     return folder
 

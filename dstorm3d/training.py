@@ -24,8 +24,10 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
         return None
     path = Path(output_dir) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
     if not path.is_file():
-        raise UserInputError(f"ckpt_path={ckpt_path}: checkpoint to resume from not found at {path} "
-                             "(give ckpt_path=<file.ckpt> or ckpt_path=last)")
+        raise UserInputError(
+            f"ckpt_path={ckpt_path}: checkpoint to resume from not found at {path} "
+            "(give ckpt_path=<file.ckpt> or ckpt_path=last)"
+        )
     return str(path)
 
 
@@ -37,14 +39,22 @@ def keep_previous_csv_logs(logger_cfg: DictConfig | None) -> None:
     for node in logger_cfg.values():
         if not (OmegaConf.is_dict(node) and str(node.get("_target_", "")).endswith("CSVLogger")):
             continue
-        folder = Path(str(node.save_dir)) / str(node.get("name") or "lightning_logs") / str(node.get("version") or "")
+        folder = (
+            Path(str(node.save_dir))
+            / str(node.get("name") or "lightning_logs")
+            / str(node.get("version") or "")
+        )
         if not (folder / "metrics.csv").is_file():
             continue
         n = 1
         while (folder / f"resumed_{n}").exists():
             n += 1
         version = f"{node.get('version') or ''}/resumed_{n}".lstrip("/")
-        log.info("Keeping the earlier %s; this run's CSV logs go to %s", folder / "metrics.csv", folder / f"resumed_{n}")
+        log.info(
+            "Keeping the earlier %s; this run's CSV logs go to %s",
+            folder / "metrics.csv",
+            folder / f"resumed_{n}",
+        )
         node.version = version
 
 
@@ -73,7 +83,9 @@ def link_best_checkpoint(best: str | None, folder: Path) -> Path | None:
     tmp = folder / ".best.ckpt.tmp"
     tmp.unlink(missing_ok=True)
     try:
-        tmp.symlink_to(Path(best).name if Path(best).parent.resolve() == folder.resolve() else Path(best).resolve())
+        tmp.symlink_to(
+            Path(best).name if Path(best).parent.resolve() == folder.resolve() else Path(best).resolve()
+        )
     except OSError:
         import shutil
 
@@ -116,10 +128,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     keep_previous_csv_logs(cfg.get("logger"))
     loggers = instantiate_loggers(cfg.get("logger"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                                  _convert_="all")
-    config = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-              for k, v in cfg.items() if k != "hydra"}  # Hydra's own node holds sweep-only values
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all"
+    )
+    config = {
+        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+        for k, v in cfg.items()
+        if k != "hydra"
+    }  # Hydra's own node holds sweep-only values
     for logger in loggers:
         logger.log_hyperparams({"config": config})
 

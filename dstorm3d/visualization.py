@@ -31,7 +31,9 @@ def _pyplot():
     return plt
 
 
-def phase_mask_rgb(mask: np.ndarray, support: np.ndarray | None = None, title: str = "phase mask") -> np.ndarray:
+def phase_mask_rgb(
+    mask: np.ndarray, support: np.ndarray | None = None, title: str = "phase mask"
+) -> np.ndarray:
     """Wrapped phase (rad) inside the aperture, cyclic colour map; outside the aperture is blank."""
     plt = _pyplot()
     wrapped = np.angle(np.exp(1j * np.asarray(mask, dtype=np.float64)))
@@ -39,7 +41,7 @@ def phase_mask_rgb(mask: np.ndarray, support: np.ndarray | None = None, title: s
         wrapped = np.where(support, wrapped, np.nan)
         rows, cols = np.nonzero(support)
         if rows.size:
-            wrapped = wrapped[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+            wrapped = wrapped[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     fig, ax = plt.subplots(figsize=(3.6, 3.2), dpi=100)
     im = ax.imshow(wrapped, cmap="twilight", vmin=-np.pi, vmax=np.pi)
     ax.set_title(title, fontsize=9)
@@ -49,14 +51,17 @@ def phase_mask_rgb(mask: np.ndarray, support: np.ndarray | None = None, title: s
     return _figure_to_rgb(fig)
 
 
-def psf_montage_rgb(stack: np.ndarray, z_um: Sequence[float], columns: int | None = None,
-                    title: str = "PSF z-stack") -> np.ndarray:
+def psf_montage_rgb(
+    stack: np.ndarray, z_um: Sequence[float], columns: int | None = None, title: str = "PSF z-stack"
+) -> np.ndarray:
     """Grid of PSF slices ``(Z, P, P)``, each with its own colour scale, titled with its z (µm)."""
     plt = _pyplot()
     z_count = stack.shape[0]
     columns = columns or int(np.ceil(np.sqrt(z_count)))
     rows = int(np.ceil(z_count / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.75 * rows + 0.3), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(1.6 * columns, 1.75 * rows + 0.3), dpi=100, squeeze=False
+    )
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < z_count:
@@ -78,7 +83,9 @@ def psf_frame_rgb(image: np.ndarray, z_um: float) -> np.ndarray:
     return _figure_to_rgb(fig)
 
 
-def overlay_rgb(frame: np.ndarray, truth_px: np.ndarray, predictions_px: np.ndarray, title: str = "") -> np.ndarray:
+def overlay_rgb(
+    frame: np.ndarray, truth_px: np.ndarray, predictions_px: np.ndarray, title: str = ""
+) -> np.ndarray:
     """A camera frame with ground truth (circles) and predictions (crosses); positions in pixels
     ``(n, 2)`` as (column, row) of the continuous position (pixel centre at +0.5)."""
     plt = _pyplot()
@@ -86,11 +93,25 @@ def overlay_rgb(frame: np.ndarray, truth_px: np.ndarray, predictions_px: np.ndar
     ax.imshow(frame, cmap="gray")
     # imshow puts pixel c's centre at x = c, so continuous pixel coordinates shift by -0.5
     if len(truth_px):
-        ax.scatter(truth_px[:, 0] - 0.5, truth_px[:, 1] - 0.5, s=40, facecolors="none", edgecolors="lime",
-                   linewidths=1.0, label="truth")
+        ax.scatter(
+            truth_px[:, 0] - 0.5,
+            truth_px[:, 1] - 0.5,
+            s=40,
+            facecolors="none",
+            edgecolors="lime",
+            linewidths=1.0,
+            label="truth",
+        )
     if len(predictions_px):
-        ax.scatter(predictions_px[:, 0] - 0.5, predictions_px[:, 1] - 0.5, s=30, marker="x", c="red",
-                   linewidths=1.0, label="prediction")
+        ax.scatter(
+            predictions_px[:, 0] - 0.5,
+            predictions_px[:, 1] - 0.5,
+            s=30,
+            marker="x",
+            c="red",
+            linewidths=1.0,
+            label="prediction",
+        )
     ax.set_xlim(-0.5, frame.shape[1] - 0.5)
     ax.set_ylim(frame.shape[0] - 0.5, -0.5)
     ax.set_title(title, fontsize=8)
@@ -118,7 +139,9 @@ def save_gif(frames: Sequence[np.ndarray], path: str | Path, duration_ms: int = 
 
     def write(p: Path) -> None:
         buffer = io.BytesIO()
-        images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
+        images[0].save(
+            buffer, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0
+        )
         p.write_bytes(buffer.getvalue())
 
     return atomic_write(Path(path), write, overwrite=True)

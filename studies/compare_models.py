@@ -42,12 +42,20 @@ ROOT = Path(__file__).resolve().parents[1]
 STORM_COUNTS = (1, 5, 10, 20, 35, 50, 75)
 FIG2_COUNTS = (1, 10, 20, 35, 50, 75)
 TRAINING_RANGE = (1, 35)  # emitters per field in the STORM training distribution
-STORM_CAMERA = {"kind": "readout", "baseline": [20.0, 40.0], "read_noise": [8.0, 12.0],
-                "read_noise_correlation_px": 16.0}
+STORM_CAMERA = {
+    "kind": "readout",
+    "baseline": [20.0, 40.0],
+    "read_noise": [8.0, 12.0],
+    "read_noise_correlation_px": 16.0,
+}
 # The Fig. 2 frames with 120 counts subtracted (infer.py's preprocessing.baseline=120): their 150 photons/px
 # of Poisson background then look like the STORM camera's baseline and read noise (σ ≈ 12 counts).
-FIG2_OFFSET = {"name": "high_snr_minus_120", "photons": 30000.0, "background": 150.0,
-               "camera": {"kind": "readout", "baseline": -120.0, "read_noise": 0.0, "read_noise_correlation_px": None}}
+FIG2_OFFSET = {
+    "name": "high_snr_minus_120",
+    "photons": 30000.0,
+    "background": 150.0,
+    "camera": {"kind": "readout", "baseline": -120.0, "read_noise": 0.0, "read_noise_correlation_px": None},
+}
 REAL_DEFAULT = ROOT.parent / "shared" / "data" / "experimental" / "mito_tetrapod"
 MATCHING_NM = 150.0
 
@@ -62,28 +70,74 @@ class SweepPart:
     config: dict[str, Any]
 
 
-def sweep_parts(frames: int, fig2_frames: int, isolated_frames: int, isolated_photons: float,
-                seed: int) -> list[SweepPart]:
+def sweep_parts(
+    frames: int, fig2_frames: int, isolated_frames: int, isolated_photons: float, seed: int
+) -> list[SweepPart]:
     """The three simulated parts (see the module docstring), as evaluate.yaml-style configs."""
-    common = {"seed": seed, "reference_field_px": 121, "frame_shape": [121, 121], "blur_sigma_px": "checkpoint",
-              "optics": {}, "matching_nm": MATCHING_NM, "z_bins": 8, "batch_size": 4, "tile": None,
-              "threshold": None, "device": "cpu", "crlb_window": None, "baseline": False, "mp": {},
-              "camera": {"kind": "ideal"}}
-    storm = {"name": "storm", "photons": {"kind": "gamma", "shape": 3.0, "scale": 3000.0},
-             "background": {"kind": "none"}, "camera": STORM_CAMERA}
+    common = {
+        "seed": seed,
+        "reference_field_px": 121,
+        "frame_shape": [121, 121],
+        "blur_sigma_px": "checkpoint",
+        "optics": {},
+        "matching_nm": MATCHING_NM,
+        "z_bins": 8,
+        "batch_size": 4,
+        "tile": None,
+        "threshold": None,
+        "device": "cpu",
+        "crlb_window": None,
+        "baseline": False,
+        "mp": {},
+        "camera": {"kind": "ideal"},
+    }
+    storm = {
+        "name": "storm",
+        "photons": {"kind": "gamma", "shape": 3.0, "scale": 3000.0},
+        "background": {"kind": "none"},
+        "camera": STORM_CAMERA,
+    }
     return [
-        SweepPart("storm", "STORM training distribution (121×121 px)",
-                  {**common, "counts": list(STORM_COUNTS), "frames": frames, "conditions": [storm],
-                   "emitters": {"label_min_photons": 6000.0, "margin_px": 8}}),
-        SweepPart("fig2", "the paper's Fig. 2 conditions (30,000 photons, 150 background)",
-                  {**common, "counts": list(FIG2_COUNTS), "frames": fig2_frames,
-                   "conditions": [{"name": "high_snr", "photons": 30000.0, "background": 150.0},
-                                  FIG2_OFFSET], "emitters": {}}),
-        SweepPart("isolated", f"isolated emitters, {isolated_photons:,.0f} photons, STORM camera",
-                  {**common, "counts": [1], "frames": isolated_frames,
-                   "conditions": [{"name": "isolated", "photons": float(isolated_photons),
-                                   "background": {"kind": "none"}, "camera": STORM_CAMERA}],
-                   "emitters": {"label_min_photons": 0.0, "margin_px": 0}}),
+        SweepPart(
+            "storm",
+            "STORM training distribution (121×121 px)",
+            {
+                **common,
+                "counts": list(STORM_COUNTS),
+                "frames": frames,
+                "conditions": [storm],
+                "emitters": {"label_min_photons": 6000.0, "margin_px": 8},
+            },
+        ),
+        SweepPart(
+            "fig2",
+            "the paper's Fig. 2 conditions (30,000 photons, 150 background)",
+            {
+                **common,
+                "counts": list(FIG2_COUNTS),
+                "frames": fig2_frames,
+                "conditions": [{"name": "high_snr", "photons": 30000.0, "background": 150.0}, FIG2_OFFSET],
+                "emitters": {},
+            },
+        ),
+        SweepPart(
+            "isolated",
+            f"isolated emitters, {isolated_photons:,.0f} photons, STORM camera",
+            {
+                **common,
+                "counts": [1],
+                "frames": isolated_frames,
+                "conditions": [
+                    {
+                        "name": "isolated",
+                        "photons": float(isolated_photons),
+                        "background": {"kind": "none"},
+                        "camera": STORM_CAMERA,
+                    }
+                ],
+                "emitters": {"label_min_photons": 0.0, "margin_px": 0},
+            },
+        ),
     ]
 
 
@@ -126,7 +180,13 @@ def run_part(part: SweepPart, models: list[dict[str, Any]], out: Path) -> tuple[
     from omegaconf import OmegaConf
 
     from dstorm3d.evaluation import report
-    from dstorm3d.evaluation.sweep import Evaluated, SweepResults, checkpoint_physics, run_sweep, settings_from_config
+    from dstorm3d.evaluation.sweep import (
+        Evaluated,
+        SweepResults,
+        checkpoint_physics,
+        run_sweep,
+        settings_from_config,
+    )
 
     settings = settings_from_config(OmegaConf.create(part.config))
     merged = SweepResults()
@@ -149,7 +209,9 @@ def run_part(part: SweepPart, models: list[dict[str, Any]], out: Path) -> tuple[
         for name in ("rows", "depth_rows", "crlb", "skipped", "timing"):
             getattr(merged, name).extend(cached[name])
     # rows of every model in checkpoint order (run_sweep sorts within one model)
-    report.write_outputs(out / part.name, evaluated, settings, merged, command=report.command_line(), overwrite=True)
+    report.write_outputs(
+        out / part.name, evaluated, settings, merged, command=report.command_line(), overwrite=True
+    )
     return settings, merged
 
 
@@ -176,7 +238,9 @@ def poisson_deviance(data: np.ndarray, mu: np.ndarray) -> float:
     return float(2.0 * np.sum(np.where(data > 0, data * np.log(ratio), 0.0) - (data - mu)))
 
 
-def explain_frame(pupil: Any, frame: np.ndarray, xyz_um: np.ndarray, blur_sigma_px: float | None) -> dict[str, Any]:
+def explain_frame(
+    pupil: Any, frame: np.ndarray, xyz_um: np.ndarray, blur_sigma_px: float | None
+) -> dict[str, Any]:
     """Re-render one frame from its localizations (unit-photon PSFs + a constant background, fitted by
     Poisson maximum likelihood): deviance, deviance per pixel, Pearson correlation, fitted background."""
     from dstorm3d.optics.render import render_frames
@@ -185,19 +249,31 @@ def explain_frame(pupil: Any, frame: np.ndarray, xyz_um: np.ndarray, blur_sigma_
     window = min(pupil.setup.pupil_grid, 96)
     with torch.no_grad():
         for i in range(xyz_um.shape[0]):
-            psf = render_frames(pupil, torch.as_tensor(xyz_um[i:i + 1], dtype=torch.float32), torch.ones(1),
-                                torch.zeros(1, dtype=torch.long), 1, frame.shape, window=window,
-                                blur_sigma_px=blur_sigma_px)
+            psf = render_frames(
+                pupil,
+                torch.as_tensor(xyz_um[i : i + 1], dtype=torch.float32),
+                torch.ones(1),
+                torch.zeros(1, dtype=torch.long),
+                1,
+                frame.shape,
+                window=window,
+                blur_sigma_px=blur_sigma_px,
+            )
             columns.append(psf[0].double().numpy().ravel())
     design = np.stack([*columns, np.ones(frame.size)], axis=1)
     data = frame.astype(np.float64).ravel()
     weights = poisson_fit(design, data)
     mu = design @ weights
     deviance = poisson_deviance(data, mu)
-    return {"localizations": int(xyz_um.shape[0]), "deviance": deviance, "deviance_per_px": deviance / data.size,
-            "aic": deviance + 2 * 4 * xyz_um.shape[0],  # x, y, z, photons per localization
-            "correlation": float(np.corrcoef(data, mu)[0, 1]), "background": float(weights[-1]),
-            "median_photons": float(np.median(weights[:-1])) if len(weights) > 1 else float("nan")}
+    return {
+        "localizations": int(xyz_um.shape[0]),
+        "deviance": deviance,
+        "deviance_per_px": deviance / data.size,
+        "aic": deviance + 2 * 4 * xyz_um.shape[0],  # x, y, z, photons per localization
+        "correlation": float(np.corrcoef(data, mu)[0, 1]),
+        "background": float(weights[-1]),
+        "median_photons": float(np.median(weights[:-1])) if len(weights) > 1 else float("nan"),
+    }
 
 
 def localize_real(model: dict[str, Any], real: Path, out: Path) -> Path:
@@ -211,14 +287,25 @@ def localize_real(model: dict[str, Any], real: Path, out: Path) -> Path:
     summary = folder / "summary.json"
     if summary.exists():
         done = json.loads(summary.read_text())
-        if Path(done["checkpoint"]).resolve() == Path(model["path"]).resolve() and \
-                Path(done["data"]).resolve() == real.resolve():
+        if (
+            Path(done["checkpoint"]).resolve() == Path(model["path"]).resolve()
+            and Path(done["data"]).resolve() == real.resolve()
+        ):
             print(f"  real / {model['label']}: reused {folder}", flush=True)
             return folder / "localizations.csv"
     config = OmegaConf.load(ROOT / "configs" / "infer.yaml")
     config.pop("defaults", None)
-    config.merge_with({"ckpt": model["path"], "recording": str(real), "out": str(folder), "overwrite": True,
-                       "overlay_frames": 0, "num_workers": 0, "trainer": {"accelerator": "cpu"}})
+    config.merge_with(
+        {
+            "ckpt": model["path"],
+            "recording": str(real),
+            "out": str(folder),
+            "overwrite": True,
+            "overlay_frames": 0,
+            "num_workers": 0,
+            "trainer": {"accelerator": "cpu"},
+        }
+    )
     started = time.perf_counter()
     infer(config)
     print(f"  real / {model['label']}: {time.perf_counter() - started:.0f} s", flush=True)
@@ -247,15 +334,24 @@ def compare_real(models: list[dict[str, Any]], real: Path, out: Path) -> list[di
             blur = model["module"].hparams.simulation.get("blur_sigma_px")
             blur = None if blur is None else float(np.mean(blur))
             pupil = model["module"].simulator.pupil.cpu()
-            rows.append({"frame": index + 1, "label": model["label"], **explain_frame(pupil, frame, xyz_um, blur)})
+            rows.append(
+                {"frame": index + 1, "label": model["label"], **explain_frame(pupil, frame, xyz_um, blur)}
+            )
         if len(models) >= 2:
             match = match_frame(xyz[0], xyz[1], threshold_nm=MATCHING_NM)
             lateral = np.hypot(match.dx_nm, match.dy_nm)
-            rows.append({"frame": index + 1, "label": f"agreement {models[0]['label']} vs {models[1]['label']}",
-                         "matched": match.tp, f"only_{models[0]['label']}": match.fp,
-                         f"only_{models[1]['label']}": match.fn, "jaccard": match.jaccard,
-                         "rmse_lat_nm": float(np.sqrt(np.mean(lateral ** 2))) if match.tp else float("nan"),
-                         "rmse_ax_nm": float(np.sqrt(np.mean(match.dz_nm ** 2))) if match.tp else float("nan")})
+            rows.append(
+                {
+                    "frame": index + 1,
+                    "label": f"agreement {models[0]['label']} vs {models[1]['label']}",
+                    "matched": match.tp,
+                    f"only_{models[0]['label']}": match.fp,
+                    f"only_{models[1]['label']}": match.fn,
+                    "jaccard": match.jaccard,
+                    "rmse_lat_nm": float(np.sqrt(np.mean(lateral**2))) if match.tp else float("nan"),
+                    "rmse_ax_nm": float(np.sqrt(np.mean(match.dz_nm**2))) if match.tp else float("nan"),
+                }
+            )
     return rows
 
 
@@ -264,6 +360,7 @@ def depth_ratios(depth_rows: list[dict[str, Any]], label: str) -> dict[str, Any]
     rows = [r for r in depth_rows if r["label"] == label and r["method"] == "network"]
     lat = np.array([r["rmse_lat_nm"] / r["crlb_lat_nm"] for r in rows], dtype=float)
     ax = np.array([r["rmse_ax_nm"] / r["crlb_ax_nm"] for r in rows], dtype=float)
+
     def median(values: np.ndarray) -> float:
         return float(np.median(values[np.isfinite(values)])) if np.isfinite(values).any() else math.nan
 
@@ -276,18 +373,27 @@ def fmt(value: Any, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
-def density_table(rows: list[dict[str, Any]], labels: list[str], counts: tuple[int, ...],
-                  condition: str) -> list[str]:
+def density_table(
+    rows: list[dict[str, Any]], labels: list[str], counts: tuple[int, ...], condition: str
+) -> list[str]:
     rows = [r for r in rows if r["condition"] == condition]
-    lines = ["| emitters per field | " + " | ".join(str(c) for c in counts) + " |",
-             "|---|" + "---|" * len(counts)]
-    for score, name, digits in (("jaccard", "Jaccard", 3), ("rmse_lat_nm", "RMSE lateral (nm)", 1),
-                                ("rmse_ax_nm", "RMSE axial (nm)", 1), ("efficiency_3d", "efficiency 3D (%)", 1)):
+    lines = [
+        "| emitters per field | " + " | ".join(str(c) for c in counts) + " |",
+        "|---|" + "---|" * len(counts),
+    ]
+    for score, name, digits in (
+        ("jaccard", "Jaccard", 3),
+        ("rmse_lat_nm", "RMSE lateral (nm)", 1),
+        ("rmse_ax_nm", "RMSE axial (nm)", 1),
+        ("efficiency_3d", "efficiency 3D (%)", 1),
+    ):
         for label in labels:
             cells = []
             for count in counts:
                 row = next((r for r in rows if r["label"] == label and r["count_per_field"] == count), None)
-                cells.append("—" if row is None else f"{fmt(row[score], digits)} ± {fmt(row[score + '_std'], digits)}")
+                cells.append(
+                    "—" if row is None else f"{fmt(row[score], digits)} ± {fmt(row[score + '_std'], digits)}"
+                )
             lines.append(f"| {name}, {label} | " + " | ".join(cells) + " |")
     return lines
 
@@ -303,16 +409,24 @@ def verdicts(storm_rows: list[dict[str, Any]], labels: list[str]) -> list[str]:
             continue
         a = next(r for r in storm_rows if r["label"] == mine and r["count_per_field"] == count)
         b = next(r for r in storm_rows if r["label"] == theirs and r["count_per_field"] == count)
-        checks = [("Jaccard", a["jaccard"] >= b["jaccard"], a["jaccard"], b["jaccard"]),
-                  ("RMSE lateral", a["rmse_lat_nm"] <= b["rmse_lat_nm"], a["rmse_lat_nm"], b["rmse_lat_nm"]),
-                  ("RMSE axial", a["rmse_ax_nm"] <= b["rmse_ax_nm"], a["rmse_ax_nm"], b["rmse_ax_nm"])]
+        checks = [
+            ("Jaccard", a["jaccard"] >= b["jaccard"], a["jaccard"], b["jaccard"]),
+            ("RMSE lateral", a["rmse_lat_nm"] <= b["rmse_lat_nm"], a["rmse_lat_nm"], b["rmse_lat_nm"]),
+            ("RMSE axial", a["rmse_ax_nm"] <= b["rmse_ax_nm"], a["rmse_ax_nm"], b["rmse_ax_nm"]),
+        ]
         text = "; ".join(f"{name} {va:.3g} vs {vb:.3g} {'✓' if ok else '✗'}" for name, ok, va, vb in checks)
         lines.append(f"- {count} per field: {text}")
     return lines
 
 
-def write_report(out: Path, labels: list[str], parts: dict[str, Any], real_rows: list[dict[str, Any]],
-                 models: list[dict[str, Any]], command: str) -> None:
+def write_report(
+    out: Path,
+    labels: list[str],
+    parts: dict[str, Any],
+    real_rows: list[dict[str, Any]],
+    models: list[dict[str, Any]],
+    command: str,
+) -> None:
     from dstorm3d.evaluation.report import _write_csv
     from dstorm3d.evaluation.sweep import ROW_COLUMNS, Z_COLUMNS
     from dstorm3d.utils.files import atomic_write
@@ -329,37 +443,64 @@ def write_report(out: Path, labels: list[str], parts: dict[str, Any], real_rows:
     lines = [f"# Checkpoints compared: {', '.join(labels)}", "", "```", command, "```", ""]
     for model in models:
         hp = model["module"].hparams
-        lines.append(f"- **{model['label']}**: `{model['path']}` (sha256 {model['digest']}…), "
-                     f"{hp.head['kind']} head, {hp.network.get('trunk', 'paper')} trunk, "
-                     f"{sum(p.numel() for p in model['module'].net.parameters()):,} parameters")
-    lines += ["", "Every score pooled over the frames of a point, ± the standard deviation over frames; 150 nm "
-              "matching (3D). Efficiency as the SMLM Challenge 2016 (reference.md §8).", ""]
+        lines.append(
+            f"- **{model['label']}**: `{model['path']}` (sha256 {model['digest']}…), "
+            f"{hp.head['kind']} head, {hp.network.get('trunk', 'paper')} trunk, "
+            f"{sum(p.numel() for p in model['module'].net.parameters()):,} parameters"
+        )
+    lines += [
+        "",
+        "Every score pooled over the frames of a point, ± the standard deviation over frames; 150 nm "
+        "matching (3D). Efficiency as the SMLM Challenge 2016 (reference.md §8).",
+        "",
+    ]
     for name, (settings, results) in parts.items():
         counts = tuple(settings.counts)
-        lines += [f"## {next(p.title for p in PARTS if p.name == name)}", "",
-                  f"{settings.frames} frames per point, seed {settings.seed}; details in `{name}/report.md`.", ""]
+        lines += [
+            f"## {next(p.title for p in PARTS if p.name == name)}",
+            "",
+            f"{settings.frames} frames per point, seed {settings.seed}; details in `{name}/report.md`.",
+            "",
+        ]
         if name != "isolated":
             for condition in settings.conditions:
                 if len(settings.conditions) > 1:
                     lines += [f"Condition `{condition.name}`:", ""]
                 lines += density_table(results.rows, labels, counts, condition.name) + [""]
         if name == "storm":
-            lines += [f"{labels[0]} against {labels[1]} within the training range (1–35 per field):", ""] \
-                + verdicts(results.rows, labels) + [""] if len(labels) >= 2 else []
+            lines += (
+                [f"{labels[0]} against {labels[1]} within the training range (1–35 per field):", ""]
+                + verdicts(results.rows, labels)
+                + [""]
+                if len(labels) >= 2
+                else []
+            )
         if name == "isolated":
-            lines += ["| z (µm) | CRLB lat / ax (nm) | " + " | ".join(f"{lb} RMSE lat / ax (nm) | {lb} RMSE/CRLB lat / ax"
-                                                             for lb in labels) + " |",
-                      "|---|---|" + "---|---|" * len(labels)]
+            lines += [
+                "| z (µm) | CRLB lat / ax (nm) | "
+                + " | ".join(f"{lb} RMSE lat / ax (nm) | {lb} RMSE/CRLB lat / ax" for lb in labels)
+                + " |",
+                "|---|---|" + "---|---|" * len(labels),
+            ]
             ratios = {label: depth_ratios(results.depth_rows, label) for label in labels}
             for k, row in enumerate(ratios[labels[0]]["rows"]):
                 cells = [f"{row['z_um']:.2f}", f"{fmt(row['crlb_lat_nm'])} / {fmt(row['crlb_ax_nm'])}"]
                 for label in labels:
                     r = ratios[label]["rows"][k]
-                    cells += [f"{fmt(r['rmse_lat_nm'])} / {fmt(r['rmse_ax_nm'])}",
-                              f"{fmt(ratios[label]['lat'][k], 2)} / {fmt(ratios[label]['ax'][k], 2)}"]
+                    cells += [
+                        f"{fmt(r['rmse_lat_nm'])} / {fmt(r['rmse_ax_nm'])}",
+                        f"{fmt(ratios[label]['lat'][k], 2)} / {fmt(ratios[label]['ax'][k], 2)}",
+                    ]
                 lines.append("| " + " | ".join(cells) + " |")
-            lines += [""] + [f"- {label}: RMSE / CRLB, median over z: {fmt(r['median_lat'], 2)} lateral, "
-                             f"{fmt(r['median_ax'], 2)} axial" for label, r in ratios.items()] + [""]
+            lines += (
+                [""]
+                + [
+                    f"- {label}: RMSE / CRLB, median over z: {fmt(r['median_lat'], 2)} lateral, "
+                    f"{fmt(r['median_ax'], 2)} axial"
+                    for label, r in ratios.items()
+                ]
+                + [""]
+            )
     if real_rows:
         lines += real_section(labels, real_rows)
     lines += ["![comparison](comparison.png)", ""]
@@ -369,14 +510,20 @@ def write_report(out: Path, labels: list[str], parts: dict[str, Any], real_rows:
 def real_section(labels: list[str], rows: list[dict[str, Any]]) -> list[str]:
     frames = sorted({r["frame"] for r in rows})
     by = {(r["frame"], r["label"]): r for r in rows}
-    lines = ["## Real frames: how well the localizations explain them", "",
-             "Each model's localizations re-rendered with the physical model (the checkpoint's pupil and blur), "
-             "photons per localization and one background level fitted by Poisson maximum likelihood. Lower "
-             "deviance = better explained; more localizations can only lower it, so the counts and an AIC "
-             "(deviance + 8 per localization) stand beside it. No ground truth exists for these frames.", "",
-             "| frame | " + " | ".join(f"{lb}: locs / deviance / corr" for lb in labels[:2])
-             + (" | agreement: matched / only each / RMSE lat, ax (nm)" if len(labels) >= 2 else "") + " |",
-             "|---|" + "---|" * (min(len(labels), 2) + (1 if len(labels) >= 2 else 0))]
+    lines = [
+        "## Real frames: how well the localizations explain them",
+        "",
+        "Each model's localizations re-rendered with the physical model (the checkpoint's pupil and blur), "
+        "photons per localization and one background level fitted by Poisson maximum likelihood. Lower "
+        "deviance = better explained; more localizations can only lower it, so the counts and an AIC "
+        "(deviance + 8 per localization) stand beside it. No ground truth exists for these frames.",
+        "",
+        "| frame | "
+        + " | ".join(f"{lb}: locs / deviance / corr" for lb in labels[:2])
+        + (" | agreement: matched / only each / RMSE lat, ax (nm)" if len(labels) >= 2 else "")
+        + " |",
+        "|---|" + "---|" * (min(len(labels), 2) + (1 if len(labels) >= 2 else 0)),
+    ]
     for frame in frames:
         cells = [str(frame)]
         for label in labels[:2]:
@@ -384,8 +531,10 @@ def real_section(labels: list[str], rows: list[dict[str, Any]]) -> list[str]:
             cells.append(f"{r['localizations']} / {r['deviance']:,.0f} / {r['correlation']:.4f}")
         if len(labels) >= 2:
             a = by[(frame, f"agreement {labels[0]} vs {labels[1]}")]
-            cells.append(f"{a['matched']} / {a[f'only_{labels[0]}']}, {a[f'only_{labels[1]}']} / "
-                         f"{fmt(a['rmse_lat_nm'])}, {fmt(a['rmse_ax_nm'])}")
+            cells.append(
+                f"{a['matched']} / {a[f'only_{labels[0]}']}, {a[f'only_{labels[1]}']} / "
+                f"{fmt(a['rmse_lat_nm'])}, {fmt(a['rmse_ax_nm'])}"
+            )
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if len(labels) >= 2:
@@ -396,10 +545,13 @@ def real_section(labels: list[str], rows: list[dict[str, Any]]) -> list[str]:
         total = {lb: sum(by[(f, lb)]["localizations"] for f in frames) for lb in (a, b)}
         agree = [by[(f, f"agreement {a} vs {b}")] for f in frames]
         matched = sum(r["matched"] for r in agree)
-        lines += [f"- {a} explains the frame at least as well as {b} (deviance) on **{better} of {len(frames)}** "
-                  f"frames; by AIC on {better_aic}; correlation ≥ on {corr}.",
-                  f"- localizations: {a} {total[a]}, {b} {total[b]}; {matched} matched between them "
-                  f"({matched / max(total[a], 1):.0%} of {a}'s, {matched / max(total[b], 1):.0%} of {b}'s).", ""]
+        lines += [
+            f"- {a} explains the frame at least as well as {b} (deviance) on **{better} of {len(frames)}** "
+            f"frames; by AIC on {better_aic}; correlation ≥ on {corr}.",
+            f"- localizations: {a} {total[a]}, {b} {total[b]}; {matched} matched between them "
+            f"({matched / max(total[a], 1):.0%} of {a}'s, {matched / max(total[b], 1):.0%} of {b}'s).",
+            "",
+        ]
     return lines
 
 
@@ -411,9 +563,12 @@ def plot(path: Path, labels: list[str], parts: dict[str, Any], real_rows: list[d
 
     colours = dict(zip(labels, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
-    panels = [("storm", "jaccard", "Jaccard", "STORM distribution"), ("storm", "rmse_lat_nm", "lateral RMSE (nm)",
-              "STORM distribution"), ("storm", "rmse_ax_nm", "axial RMSE (nm)", "STORM distribution"),
-              ("fig2", "jaccard", "Jaccard", "Fig. 2 (30k photons, 150 bg)")]
+    panels = [
+        ("storm", "jaccard", "Jaccard", "STORM distribution"),
+        ("storm", "rmse_lat_nm", "lateral RMSE (nm)", "STORM distribution"),
+        ("storm", "rmse_ax_nm", "axial RMSE (nm)", "STORM distribution"),
+        ("fig2", "jaccard", "Jaccard", "Fig. 2 (30k photons, 150 bg)"),
+    ]
     for ax, (part, score, ylabel, title) in zip(axes.flat, panels):
         if part not in parts:
             ax.set_visible(False)
@@ -422,12 +577,21 @@ def plot(path: Path, labels: list[str], parts: dict[str, Any], real_rows: list[d
         conditions = list(dict.fromkeys(r["condition"] for r in rows))
         for label in labels:
             for condition, style in zip(conditions, ("-", "--", ":")):
-                mine = sorted((r for r in rows if r["label"] == label and r["condition"] == condition),
-                              key=lambda r: r["count_per_field"])
+                mine = sorted(
+                    (r for r in rows if r["label"] == label and r["condition"] == condition),
+                    key=lambda r: r["count_per_field"],
+                )
                 name = label if len(conditions) == 1 else f"{label}, {condition}"
-                ax.errorbar([r["count_per_field"] for r in mine], [r[score] for r in mine],
-                            yerr=[r[score + "_std"] for r in mine], marker="o", capsize=3, label=name,
-                            color=colours[label], ls=style)
+                ax.errorbar(
+                    [r["count_per_field"] for r in mine],
+                    [r[score] for r in mine],
+                    yerr=[r[score + "_std"] for r in mine],
+                    marker="o",
+                    capsize=3,
+                    label=name,
+                    color=colours[label],
+                    ls=style,
+                )
         if part == "storm":
             ax.axvspan(TRAINING_RANGE[1], max(STORM_COUNTS), color="0.92", zorder=0, label="beyond training")
         ax.set(xlabel="emitters per 13.3 × 13.3 µm² field", ylabel=ylabel, title=title)
@@ -443,7 +607,9 @@ def plot(path: Path, labels: list[str], parts: dict[str, Any], real_rows: list[d
             ax.plot(z, r["ax"], "s--", color=colours[label], label=f"{label} axial")
         ax.axhline(1.0, color="k", lw=0.8)
         ax.axhline(1.5, color="k", lw=0.8, ls=":", label="1.5 × CRLB")
-        ax.set(xlabel="z above the coverslip (µm)", ylabel="RMSE / CRLB", title="isolated emitters", yscale="log")
+        ax.set(
+            xlabel="z above the coverslip (µm)", ylabel="RMSE / CRLB", title="isolated emitters", yscale="log"
+        )
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     else:
@@ -455,8 +621,11 @@ def plot(path: Path, labels: list[str], parts: dict[str, Any], real_rows: list[d
         diff = [by[(f, labels[1])]["deviance"] - by[(f, labels[0])]["deviance"] for f in frames]
         ax.bar(frames, diff, color=[colours[labels[0]] if d >= 0 else colours[labels[1]] for d in diff])
         ax.axhline(0, color="k", lw=0.8)
-        ax.set(xlabel="real frame", ylabel=f"deviance({labels[1]}) − deviance({labels[0]})",
-               title=f"real frames: > 0 where {labels[0]} explains better")
+        ax.set(
+            xlabel="real frame",
+            ylabel=f"deviance({labels[1]}) − deviance({labels[0]})",
+            title=f"real frames: > 0 where {labels[0]} explains better",
+        )
         ax.grid(alpha=0.3)
     else:
         ax.set_visible(False)
@@ -471,16 +640,26 @@ PARTS: list[SweepPart] = []
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--ckpts", nargs="+", required=True, help="checkpoints (the first is compared with the second)")
+    parser.add_argument(
+        "--ckpts", nargs="+", required=True, help="checkpoints (the first is compared with the second)"
+    )
     parser.add_argument("--labels", nargs="+", help="names in tables and legends (default: file stems)")
-    parser.add_argument("--out", required=True, help="output folder (reports are replaced, the cache is kept)")
+    parser.add_argument(
+        "--out", required=True, help="output folder (reports are replaced, the cache is kept)"
+    )
     parser.add_argument("--frames", type=int, default=20, help="frames per density point (STORM sets)")
     parser.add_argument("--fig2-frames", type=int, default=10, help="frames per density point (Fig. 2 sets)")
-    parser.add_argument("--isolated-frames", type=int, default=120, help="frames of one emitter for RMSE vs z")
+    parser.add_argument(
+        "--isolated-frames", type=int, default=120, help="frames of one emitter for RMSE vs z"
+    )
     parser.add_argument("--isolated-photons", type=float, default=10000.0)
     parser.add_argument("--seed", type=int, default=2020)
-    parser.add_argument("--parts", nargs="+", default=["storm", "fig2", "isolated", "real"],
-                        choices=["storm", "fig2", "isolated", "real"])
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["storm", "fig2", "isolated", "real"],
+        choices=["storm", "fig2", "isolated", "real"],
+    )
     parser.add_argument("--real", default=str(REAL_DEFAULT), help="a TIFF or folder of real frames")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
@@ -491,15 +670,20 @@ def main(argv: list[str] | None = None) -> int:
     if len(labels) != len(args.ckpts) or len(set(labels)) != len(labels):
         print("error: give one distinct label per checkpoint (--labels)", file=sys.stderr)
         return 2
-    for value, name in ((args.frames, "--frames"), (args.fig2_frames, "--fig2-frames"),
-                        (args.isolated_frames, "--isolated-frames")):
+    for value, name in (
+        (args.frames, "--frames"),
+        (args.fig2_frames, "--fig2-frames"),
+        (args.isolated_frames, "--isolated-frames"),
+    ):
         if value < 2:
             print(f"error: {name} must be ≥ 2 (standard deviations need two frames)", file=sys.stderr)
             return 2
     real = Path(args.real)
     if "real" in args.parts and not real.exists():
-        print(f"error: real frames not found: {real} (pass --real <tif or folder>, or leave out the real part)",
-              file=sys.stderr)
+        print(
+            f"error: real frames not found: {real} (pass --real <tif or folder>, or leave out the real part)",
+            file=sys.stderr,
+        )
         return 2
     for path in args.ckpts:
         try:
@@ -511,9 +695,18 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    models = [{"label": label, "path": str(path), "digest": file_digest(Path(path)),
-               "module": load_module(path).eval()} for path, label in zip(args.ckpts, labels)]
-    PARTS[:] = sweep_parts(args.frames, args.fig2_frames, args.isolated_frames, args.isolated_photons, args.seed)
+    models = [
+        {
+            "label": label,
+            "path": str(path),
+            "digest": file_digest(Path(path)),
+            "module": load_module(path).eval(),
+        }
+        for path, label in zip(args.ckpts, labels)
+    ]
+    PARTS[:] = sweep_parts(
+        args.frames, args.fig2_frames, args.isolated_frames, args.isolated_photons, args.seed
+    )
     parts = {}
     for part in PARTS:
         if part.name in args.parts:

@@ -41,12 +41,17 @@ KEYS = ("jaccard", "rmse_lat_nm", "rmse_ax_nm", "precision", "recall", "loss")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("ckpt", type=Path, help="a dstorm3d checkpoint (either head)")
-    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS),
-                        help="emitters per frame")
+    parser.add_argument(
+        "--sets", nargs="+", default=list(SETS), choices=list(SETS), help="emitters per frame"
+    )
     parser.add_argument("--frames", type=int, default=2048, help="frames per set")
     parser.add_argument("--seed", type=int, default=2024)
-    parser.add_argument("--blur", nargs="+", default=["checkpoint"],
-                        help="'checkpoint' (its training blur), 'none', σ, or lo hi (pixels)")
+    parser.add_argument(
+        "--blur",
+        nargs="+",
+        default=["checkpoint"],
+        help="'checkpoint' (its training blur), 'none', σ, or lo hi (pixels)",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="frames per batch (changes the noise)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None, help="also write the scores here (JSON)")
@@ -69,14 +74,25 @@ def blur_setting(words: list[str], trained: Any) -> Any:
     return values[0] if len(values) == 1 else values
 
 
-def score_set(module: pl.LightningModule, simulation: dict[str, Any], counts: tuple[int, int],
-              args: argparse.Namespace) -> dict[str, float]:
+def score_set(
+    module: pl.LightningModule, simulation: dict[str, Any], counts: tuple[int, int], args: argparse.Namespace
+) -> dict[str, float]:
     """Test scores of ``module`` on ``args.frames`` frames of ``counts`` emitters each."""
     simulation = {**simulation, "emitters": {**simulation["emitters"], "count_range": list(counts)}}
-    data = SimulatedDataModule(module.hparams["optics"], simulation, batch_size=args.batch_size,
-                               test_samples=args.frames, seed=args.seed)
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False)
+    data = SimulatedDataModule(
+        module.hparams["optics"],
+        simulation,
+        batch_size=args.batch_size,
+        test_samples=args.frames,
+        seed=args.seed,
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     scores = trainer.test(module, datamodule=data, verbose=False)[0]
     values = {key: float(scores[f"test/{key}"]) for key in KEYS}
     # no matched pair gives no RMSE (NaN), written as null
@@ -100,16 +116,25 @@ def main(argv: list[str] | None = None) -> int:
     simulation = dict(module.hparams["simulation"])
     simulation["blur_sigma_px"] = blur_setting(args.blur, simulation.get("blur_sigma_px"))
     results = {name: score_set(module, simulation, SETS[name], args) for name in args.sets}
-    print(f"checkpoint {args.ckpt}; blur {simulation['blur_sigma_px']}; {args.frames} frames per set, "
-          f"seed {args.seed}")
+    print(
+        f"checkpoint {args.ckpt}; blur {simulation['blur_sigma_px']}; {args.frames} frames per set, "
+        f"seed {args.seed}"
+    )
     print("| emitters per frame | Jaccard | RMSE lateral (nm) | RMSE axial (nm) | precision | recall |")
     print("|---|---|---|---|---|---|")
     for name, s in results.items():
-        print(f"| {name} | {s['jaccard']:.3f} | {_nm(s['rmse_lat_nm'])} | {_nm(s['rmse_ax_nm'])} | "
-              f"{s['precision']:.2f} | {s['recall']:.2f} |")
+        print(
+            f"| {name} | {s['jaccard']:.3f} | {_nm(s['rmse_lat_nm'])} | {_nm(s['rmse_ax_nm'])} | "
+            f"{s['precision']:.2f} | {s['recall']:.2f} |"
+        )
     if args.out is not None:
-        report = {"checkpoint": str(args.ckpt), "blur_sigma_px": simulation["blur_sigma_px"],
-                  "frames": args.frames, "seed": args.seed, "sets": results}
+        report = {
+            "checkpoint": str(args.ckpt),
+            "blur_sigma_px": simulation["blur_sigma_px"],
+            "frames": args.frames,
+            "seed": args.seed,
+            "sets": results,
+        }
         text = json.dumps(report, indent=1) + "\n"
         try:
             atomic_write(args.out, lambda tmp: tmp.write_text(text), overwrite=args.overwrite)

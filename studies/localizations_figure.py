@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", nargs="+", default=None, help="legend names of the tables")
     parser.add_argument("--title", default="")
     args = parser.parse_args(argv)
-    for path in (args.locs, args.recording, *( [args.compare] if args.compare else [])):
+    for path in (args.locs, args.recording, *([args.compare] if args.compare else [])):
         if not path.exists():
             print(f"error: {path} not found", file=sys.stderr)
             return 2
@@ -64,10 +64,21 @@ def main(argv: list[str] | None = None) -> int:
     for index, (table, label) in enumerate(zip(tables, labels)):
         x, y, z = table["x"] / 1e3, table["y"] / 1e3, table["z"] / 1e3
         if index == 0:
-            scatter = ax.scatter(x, y, c=z, s=14, cmap="turbo", vmin=z_range[0], vmax=z_range[1],
-                                 edgecolors="none", label=f"{label} ({len(x)})")
+            scatter = ax.scatter(
+                x,
+                y,
+                c=z,
+                s=14,
+                cmap="turbo",
+                vmin=z_range[0],
+                vmax=z_range[1],
+                edgecolors="none",
+                label=f"{label} ({len(x)})",
+            )
         else:
-            ax.scatter(x, y, s=60, facecolors="none", edgecolors="w", linewidths=0.8, label=f"{label} ({len(x)})")
+            ax.scatter(
+                x, y, s=60, facecolors="none", edgecolors="w", linewidths=0.8, label=f"{label} ({len(x)})"
+            )
     if scatter is not None:
         bar = fig.colorbar(scatter, ax=ax, fraction=0.035, pad=0.02)
         bar.set_label("z above the coverslip (µm)")

@@ -37,7 +37,7 @@ def read_metrics(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def running_median(values: np.ndarray, width: int = 21) -> np.ndarray:
     half = width // 2
-    return np.array([np.median(values[max(0, i - half):i + half + 1]) for i in range(len(values))])
+    return np.array([np.median(values[max(0, i - half) : i + half + 1]) for i in range(len(values))])
 
 
 def plot(metrics: dict[str, tuple[np.ndarray, np.ndarray]], out: Path, title: str) -> None:
@@ -68,9 +68,19 @@ def plot(metrics: dict[str, tuple[np.ndarray, np.ndarray]], out: Path, title: st
         steps, jaccard = metrics["val/jaccard"]
         best = int(np.argmax(jaccard))
         ax.axvline(steps[best], color="k", ls=":", lw=0.8)
-        ax.annotate(f"best {jaccard[best]:.3f}", (steps[best], jaccard[best]), textcoords="offset points",
-                    xytext=(-60, -18), fontsize=8)
-    ax.set(xlabel="optimizer step", ylabel="fraction", title="validation (fixed set, 150 nm matching)", ylim=(0, 1))
+        ax.annotate(
+            f"best {jaccard[best]:.3f}",
+            (steps[best], jaccard[best]),
+            textcoords="offset points",
+            xytext=(-60, -18),
+            fontsize=8,
+        )
+    ax.set(
+        xlabel="optimizer step",
+        ylabel="fraction",
+        title="validation (fixed set, 150 nm matching)",
+        ylim=(0, 1),
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax = axes[2]
@@ -98,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     metrics = read_metrics(args.metrics)
     if "val/jaccard" not in metrics:
-        print(f"error: {args.metrics} has no val/jaccard column (not a localizer's training log?)", file=sys.stderr)
+        print(
+            f"error: {args.metrics} has no val/jaccard column (not a localizer's training log?)",
+            file=sys.stderr,
+        )
         return 2
     plot(metrics, args.out, args.title or str(args.metrics.parent.parent.name))
     print(f"wrote {args.out}")

@@ -17,9 +17,13 @@ def shared_path(*parts: str) -> Path:
     ``CI=true``)."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        if os.environ.get("CI", "").lower() == "true":  # CI has the data beside the checkout: missing is a failure
+        if (
+            os.environ.get("CI", "").lower() == "true"
+        ):  # CI has the data beside the checkout: missing is a failure
             pytest.fail(f"shared data not found at {path}, and CI=true: CI must provide ../shared/data")
-        pytest.skip(f"shared data not found at {path} (it sits beside the checkout in CI; absent in a user's clone)")
+        pytest.skip(
+            f"shared data not found at {path} (it sits beside the checkout in CI; absent in a user's clone)"
+        )
     return path
 
 

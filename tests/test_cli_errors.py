@@ -27,7 +27,9 @@ BAD_LINES = {
 
 
 def run(command: list[str], tmp_path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *command], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    return subprocess.run(
+        [sys.executable, *command], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
 
 
 @pytest.mark.slow
@@ -47,13 +49,21 @@ def test_a_missing_experiment_names_the_available_ones(tmp_path):
     result = run([str(REPO_ROOT / "train.py"), "experiment=no_such_experiment"], tmp_path)
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1, lines
-    assert "experiment/no_such_experiment" in lines[0] and "quickstart" in lines[0] and "storm_offsets" in lines[0]
+    assert (
+        "experiment/no_such_experiment" in lines[0]
+        and "quickstart" in lines[0]
+        and "storm_offsets" in lines[0]
+    )
 
 
 def test_composition_message_joins_lines_and_drops_the_search_path():
-    error = Exception("In 'train': Could not find 'experiment/x'\n\nAvailable options in 'experiment':\n"
-                      "\ta\n\tb\nConfig search path:\n\tprovider=hydra, path=pkg://hydra.conf")
-    assert composition_message(error) == ("In 'train': Could not find 'experiment/x'; "
-                                          "Available options in 'experiment': a, b")
+    error = Exception(
+        "In 'train': Could not find 'experiment/x'\n\nAvailable options in 'experiment':\n"
+        "\ta\n\tb\nConfig search path:\n\tprovider=hydra, path=pkg://hydra.conf"
+    )
+    assert composition_message(error) == (
+        "In 'train': Could not find 'experiment/x'; Available options in 'experiment': a, b"
+    )
     assert composition_message(Exception("Could not override 'k'.\nTo append use +k=1")) == (
-        "Could not override 'k'. To append use +k=1")
+        "Could not override 'k'. To append use +k=1"
+    )

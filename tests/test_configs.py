@@ -15,8 +15,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from dstorm3d.training import train
 
 # keep CPU smoke tests small: frames, batch and (for the paper-size decoders) the volume
-SMALL = ["data.batch_size=2", "data.num_workers=0", "trainer.accelerator=cpu", "trainer.precision=32-true",
-         "simulation.frame_shape=[24,24]", "logger=csv"]
+SMALL = [
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "trainer.accelerator=cpu",
+    "trainer.precision=32-true",
+    "simulation.frame_shape=[24,24]",
+    "logger=csv",
+]
 
 
 # experiments that need a file from an earlier run get a stand-in
@@ -31,8 +37,14 @@ def needs(experiment: str) -> None:
 
 
 def test_experiment_list_is_not_empty():
-    assert {"tetrapod_dense", "quickstart", "psf_design", "psf_design_cpu", "learned_psf_localizer",
-            "storm_offsets"} <= set(EXPERIMENTS)
+    assert {
+        "tetrapod_dense",
+        "quickstart",
+        "psf_design",
+        "psf_design_cpu",
+        "learned_psf_localizer",
+        "storm_offsets",
+    } <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -47,8 +59,11 @@ def test_experiment_config_instantiates(experiment, tmp_path):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_fast_dev_run(experiment, tmp_path):
     needs(experiment)
-    with composed("train.yaml", [f"experiment={experiment}", "debug=fdr", *SMALL, *REQUIRED.get(experiment, [])],
-                  tmp_path) as cfg:
+    with composed(
+        "train.yaml",
+        [f"experiment={experiment}", "debug=fdr", *SMALL, *REQUIRED.get(experiment, [])],
+        tmp_path,
+    ) as cfg:
         metrics = train(cfg)
     assert "test/loss" in metrics
 
@@ -56,8 +71,11 @@ def test_experiment_fast_dev_run(experiment, tmp_path):
 @pytest.mark.parametrize("head", ["volume", "offsets"])
 def test_both_heads_train_with_the_default_config(head, tmp_path):
     sizes = ["model.head.depth_slices=21"] if head == "volume" else []
-    with composed("train.yaml", ["debug=default", f"model/head={head}", "model.network.channels=16", *sizes,
-                                 *SMALL], tmp_path) as cfg:
+    with composed(
+        "train.yaml",
+        ["debug=default", f"model/head={head}", "model.network.channels=16", *sizes, *SMALL],
+        tmp_path,
+    ) as cfg:
         metrics = train(cfg)
     assert math.isfinite(metrics["test/loss"]) and 0.0 <= metrics["test/jaccard"] <= 1.0  # NaN fails both
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
@@ -87,8 +105,14 @@ def test_last_checkpoint_is_the_latest_state_when_the_score_stops_improving(tmp_
         names = ("model_checkpoint", "last_checkpoint")
         callbacks = [hydra.utils.instantiate(cfg.callbacks[name]) for name in names]
     loader = DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2)
-    trainer = pl.Trainer(max_epochs=3, callbacks=callbacks, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu")
+    trainer = pl.Trainer(
+        max_epochs=3,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(_ScoreFallsEveryEpoch(), loader, loader)
     folder = tmp_path / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]

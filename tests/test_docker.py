@@ -85,7 +85,9 @@ def test_everything_copied_exists_and_is_in_the_build_context():
     for arguments in of("COPY"):
         parts = [p for p in arguments.split() if not p.startswith("--")]
         copied += parts[:-1]
-    assert {"train.py", "infer.py", "configs", "dstorm3d", "models", "pyproject.toml", "README.md"} <= set(copied)
+    assert {"train.py", "infer.py", "configs", "dstorm3d", "models", "pyproject.toml", "README.md"} <= set(
+        copied
+    )
     for source in copied:
         assert (REPO_ROOT / source).exists(), f"COPY {source}: not in the repository"
         excluded = [p for p in patterns if fnmatch.fnmatch(source, p.rstrip("/"))]
@@ -95,8 +97,18 @@ def test_everything_copied_exists_and_is_in_the_build_context():
 
 def test_the_readme_documents_building_and_running_with_gpus():
     text = DOCKER_README.read_text()
-    for needle in ("docker build -f docker/Dockerfile", "--gpus all", "--ipc=host", "/dev/shm",
-                   "WANDB_API_KEY", "DSTORM3D_SHARED_DATA", "/app/logs", "/data", "train.py", "infer.py"):
+    for needle in (
+        "docker build -f docker/Dockerfile",
+        "--gpus all",
+        "--ipc=host",
+        "/dev/shm",
+        "WANDB_API_KEY",
+        "DSTORM3D_SHARED_DATA",
+        "/app/logs",
+        "/data",
+        "train.py",
+        "infer.py",
+    ):
         assert needle in text, f"docker/README.md does not mention {needle}"
 
 

@@ -15,25 +15,49 @@ import numpy as np
 import pytest
 import tifffile
 
-from dstorm3d.simulate import (CSV_COLUMNS, OUTPUT_FILES, Blinking, BlinkingSettings, EllipsoidSettings,
-                               FilamentSettings, Volume, ellipsoid_structure, filament_structure,
-                               random_structure)
+from dstorm3d.simulate import (
+    CSV_COLUMNS,
+    OUTPUT_FILES,
+    Blinking,
+    BlinkingSettings,
+    EllipsoidSettings,
+    FilamentSettings,
+    Volume,
+    ellipsoid_structure,
+    filament_structure,
+    random_structure,
+)
 from dstorm3d.utils.cli import UserInputError
 from dstorm3d.utils.paths import REPO_ROOT
 
 PIXEL_NM = 110.0  # the storm optics: 11 µm camera pixels / 100×
 FRAMES, HEIGHT, WIDTH = 6, 48, 40
-TINY = [f"frames={FRAMES}", f"frame_shape=[{HEIGHT},{WIDTH}]", "emitters=300", "render_window_px=48",
-        "blinking.density_per_um2=0.3"]
+TINY = [
+    f"frames={FRAMES}",
+    f"frame_shape=[{HEIGHT},{WIDTH}]",
+    "emitters=300",
+    "render_window_px=48",
+    "blinking.density_per_um2=0.3",
+]
 
 
 def run_simulate(args: list[str], workdir: Path, expect: int = 0) -> subprocess.CompletedProcess:
     """Run the CLI with its Hydra logs under ``workdir``; assert the exit code."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update({"DSTORM3D_LOG_DIR": str(workdir / "logs"),
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))})
-    result = subprocess.run([sys.executable, "-m", "dstorm3d.simulate", *args], cwd=workdir, env=env,
-                            capture_output=True, text=True, timeout=300)
+    env.update(
+        {
+            "DSTORM3D_LOG_DIR": str(workdir / "logs"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "dstorm3d.simulate", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == expect, result.stdout[-2000:] + result.stderr[-3000:]
     return result
 
@@ -124,9 +148,21 @@ def test_a_bad_setting_exits_2_with_one_line_and_writes_nothing(setting, tmp_pat
 def test_a_single_in_focus_emitter_lights_the_pixel_the_csv_names(tmp_path):
     """Clear pupil, one emitter always ON at the clear pupil's best focus (≈ 0.72 × NFP)."""
     folder = tmp_path / "one"
-    run_simulate(["frames=4", "frame_shape=[32,48]", "structure=random", "emitters=1",
-                  "blinking.duty_cycle=1", "optics.mask=clear", "z_range_um=[1.07,1.07]",
-                  "render_window_px=32", "seed=5", f"out={folder}"], tmp_path)
+    run_simulate(
+        [
+            "frames=4",
+            "frame_shape=[32,48]",
+            "structure=random",
+            "emitters=1",
+            "blinking.duty_cycle=1",
+            "optics.mask=clear",
+            "z_range_um=[1.07,1.07]",
+            "render_window_px=32",
+            "seed=5",
+            f"out={folder}",
+        ],
+        tmp_path,
+    )
     stack = tifffile.imread(folder / "recording.tif")
     _, rows = read_ground_truth(folder)
     assert len(rows) == 4 and np.all(rows[:, 1] == np.arange(1, 5))
@@ -139,10 +175,20 @@ def test_a_single_in_focus_emitter_lights_the_pixel_the_csv_names(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- in-process
-@pytest.mark.parametrize("setting", ["structure=spiral", "blinking.density_per_um2=100",
-                                     "render_window_px=500", "z_range_um=[3.0,5.0]", "blinking.model=poisson",
-                                     "photons.kind=fixed", "camera.baseline=[40,30]", "blur_sigma_px=-1",
-                                     "optics.na=1.6"])
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "structure=spiral",
+        "blinking.density_per_um2=100",
+        "render_window_px=500",
+        "z_range_um=[3.0,5.0]",
+        "blinking.model=poisson",
+        "photons.kind=fixed",
+        "camera.baseline=[40,30]",
+        "blur_sigma_px=-1",
+        "optics.na=1.6",
+    ],
+)
 def test_bad_settings_are_user_errors(setting, tmp_path):
     from helpers_hydra import composed
     from omegaconf import OmegaConf, open_dict

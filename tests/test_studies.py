@@ -59,7 +59,9 @@ def test_existing_output_and_bad_blur_are_refused(checkpoint, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- compare_models
 def compare_models_module():
-    spec = importlib.util.spec_from_file_location("compare_models", REPO_ROOT / "studies" / "compare_models.py")
+    spec = importlib.util.spec_from_file_location(
+        "compare_models", REPO_ROOT / "studies" / "compare_models.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
@@ -69,8 +71,9 @@ def compare_models_module():
 def test_poisson_fit_recovers_photons_and_background_and_deviance_is_zero_at_the_data():
     compare = compare_models_module()
     rng = np.random.default_rng(0)
-    design = np.stack([np.exp(-0.5 * ((np.arange(400) - c) / 6.0) ** 2) for c in (100, 130, 300)]
-                      + [np.ones(400)], axis=1)
+    design = np.stack(
+        [np.exp(-0.5 * ((np.arange(400) - c) / 6.0) ** 2) for c in (100, 130, 300)] + [np.ones(400)], axis=1
+    )
     truth = np.array([500.0, 300.0, 800.0, 20.0])
     data = rng.poisson(design @ truth).astype(float)
     weights = compare.poisson_fit(design, data)
@@ -90,12 +93,38 @@ def test_compare_models_writes_one_report_and_reuses_its_cache(checkpoint, tmp_p
     other = tmp_path / "other.ckpt"
     other.write_bytes(checkpoint.read_bytes())
     out = tmp_path / "compare"
-    args = ["--ckpts", str(checkpoint), str(other), "--labels", "a", "b", "--out", str(out), "--frames", "2",
-            "--isolated-frames", "2", "--parts", "storm", "isolated", "real", "--real", str(frames),
-            "--threads", "1"]
+    args = [
+        "--ckpts",
+        str(checkpoint),
+        str(other),
+        "--labels",
+        "a",
+        "b",
+        "--out",
+        str(out),
+        "--frames",
+        "2",
+        "--isolated-frames",
+        "2",
+        "--parts",
+        "storm",
+        "isolated",
+        "real",
+        "--real",
+        str(frames),
+        "--threads",
+        "1",
+    ]
     assert compare.main(args) == 0
-    for name in ("report.md", "comparison.png", "comparison.csv", "real_frames.csv", "rmse_vs_z.csv",
-                 "storm/results.csv", "isolated/rmse_vs_z.csv"):
+    for name in (
+        "report.md",
+        "comparison.png",
+        "comparison.csv",
+        "real_frames.csv",
+        "rmse_vs_z.csv",
+        "storm/results.csv",
+        "isolated/rmse_vs_z.csv",
+    ):
         assert (out / name).is_file(), name
     report = (out / "report.md").read_text()
     assert "| Jaccard, a |" in report and "RMSE / CRLB, median over z" in report and "agreement" in report
@@ -117,8 +146,12 @@ def test_compare_models_refuses_bad_input_before_any_work(checkpoint, tmp_path, 
     base = ["--ckpts", str(checkpoint), "--out", str(tmp_path / "o")]
     assert compare.main([*base, "--frames", "1"]) == 2
     assert compare.main([*base, "--real", str(tmp_path / "missing.tif")]) == 2
-    assert compare.main(["--ckpts", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "o"),
-                         "--parts", "storm"]) == 2
+    assert (
+        compare.main(
+            ["--ckpts", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "o"), "--parts", "storm"]
+        )
+        == 2
+    )
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 3 and all(line.startswith("error: ") for line in errors)
     assert not (tmp_path / "o").exists()

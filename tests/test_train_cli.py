@@ -14,15 +14,29 @@ import torch
 
 from dstorm3d.utils.paths import REPO_ROOT
 
-TINY = ["debug=default", "simulation.frame_shape=[24,24]", "model.network.channels=8", "model.head.depth_slices=11",
-        "data.batch_size=2", "data.val_samples=4", "data.test_samples=4", "trainer.limit_train_batches=3"]
+TINY = [
+    "debug=default",
+    "simulation.frame_shape=[24,24]",
+    "model.network.channels=8",
+    "model.head.depth_slices=11",
+    "data.batch_size=2",
+    "data.val_samples=4",
+    "data.test_samples=4",
+    "trainer.limit_train_batches=3",
+]
 
 
 def run_train(args: list[str], run_dir: Path, env: dict[str, str] | None = None, timeout: int = 600):
     environment = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     environment.update({"PYTHONUNBUFFERED": "1", "DSTORM3D_LOG_DIR": str(run_dir.parent)} | (env or {}))
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
-                            capture_output=True, text=True, timeout=timeout, env=environment, cwd=run_dir.parent)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+        cwd=run_dir.parent,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -51,8 +65,18 @@ def test_wandb_runs_offline_without_a_key_and_gets_the_media(tmp_path):
 @pytest.mark.slow
 def test_two_process_cpu_ddp_run_completes(tmp_path):
     run = tmp_path / "ddp"
-    run_train([*TINY, "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu",
-               "trainer.max_epochs=1", "data.val_samples=8", "data.test_samples=8"], run)
+    run_train(
+        [
+            *TINY,
+            "trainer.devices=2",
+            "trainer.strategy=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.max_epochs=1",
+            "data.val_samples=8",
+            "data.test_samples=8",
+        ],
+        run,
+    )
     assert (run / "checkpoints" / "last.ckpt").is_file()
     tested = [float(r["test/jaccard"]) for r in metric_rows(run) if r.get("test/jaccard")]
     assert len(tested) == 1 and 0.0 <= tested[0] <= 1.0  # one test row, logged once from the two ranks
@@ -95,8 +119,11 @@ def test_checkpoint_alone_rebuilds_a_localizer(tmp_path):
     from dstorm3d.modules.localizer import LocalizerModule
     from dstorm3d.training import train
 
-    with composed("train.yaml", [*TINY, "logger=csv", "trainer.max_epochs=1", "test=false",
-                                 "optics.mask=tetrapod"], tmp_path) as cfg:
+    with composed(
+        "train.yaml",
+        [*TINY, "logger=csv", "trainer.max_epochs=1", "test=false", "optics.mask=tetrapod"],
+        tmp_path,
+    ) as cfg:
         train(cfg)
     path = tmp_path / "checkpoints" / "last.ckpt"
     raw = torch.load(path, map_location="cpu", weights_only=True)  # plain data only
@@ -104,19 +131,24 @@ def test_checkpoint_alone_rebuilds_a_localizer(tmp_path):
     model = LocalizerModule.load_from_checkpoint(path, map_location="cpu")
     from dstorm3d.optics.masks import tetrapod_mask
 
-    assert torch.allclose(model.phase_mask().double(), torch.as_tensor(tetrapod_mask(model.optical_setup)), atol=1e-6)
+    assert torch.allclose(
+        model.phase_mask().double(), torch.as_tensor(tetrapod_mask(model.optical_setup)), atol=1e-6
+    )
     frames = torch.rand(2, 24, 24) * 100
     localizations = model.localize(frames)
     assert localizations.batch_size == 2
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("data.batch_size=0", "data.batch_size=0: must be a whole number ≥ 1"),
-    ("data.train_samples=0", "data.train_samples=0: must be a whole number ≥ 1"),
-    ("model.optimizer.lr=abc", "model.optimizer.lr='abc': must be a number > 0"),
-    ("ckpt_path=/nowhere/last.ckpt", "ckpt_path=/nowhere/last.ckpt: checkpoint to resume from not found"),
-    ("threads=0", "threads must be a whole number ≥ 1"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("data.batch_size=0", "data.batch_size=0: must be a whole number ≥ 1"),
+        ("data.train_samples=0", "data.train_samples=0: must be a whole number ≥ 1"),
+        ("model.optimizer.lr=abc", "model.optimizer.lr='abc': must be a number > 0"),
+        ("ckpt_path=/nowhere/last.ckpt", "ckpt_path=/nowhere/last.ckpt: checkpoint to resume from not found"),
+        ("threads=0", "threads must be a whole number ≥ 1"),
+    ],
+)
 def test_bad_training_settings_are_refused_before_anything_is_built(tmp_path, setting, message):
     from helpers_hydra import composed
 

@@ -32,9 +32,17 @@ class LearnedMaskExport(pl.Callback):
         learned = pl_module.phase_mask().detach().double().cpu().numpy()
         for suffix in (".npy", ".tif", ".mat"):
             save_phase_mask(learned, self.output_dir / f"{self.name}{suffix}", setup=setup, overwrite=True)
-        record = {"optical_setup": setup.to_dict(), "mask_learning": dict(pl_module.hparams.get("mask_learning", {})),
-                  "initial_mask": pl_module.hparams.get("mask_source"), "global_step": trainer.global_step,
-                  "world_size": trainer.world_size, "ranks_max_abs_difference_rad": difference,
-                  "files": [f"{self.name}{s}" for s in (".npy", ".tif", ".mat")]}
-        atomic_write(self.output_dir / f"{self.name}.json", lambda p: p.write_text(json.dumps(record, indent=2)),
-                     overwrite=True)
+        record = {
+            "optical_setup": setup.to_dict(),
+            "mask_learning": dict(pl_module.hparams.get("mask_learning", {})),
+            "initial_mask": pl_module.hparams.get("mask_source"),
+            "global_step": trainer.global_step,
+            "world_size": trainer.world_size,
+            "ranks_max_abs_difference_rad": difference,
+            "files": [f"{self.name}{s}" for s in (".npy", ".tif", ".mat")],
+        }
+        atomic_write(
+            self.output_dir / f"{self.name}.json",
+            lambda p: p.write_text(json.dumps(record, indent=2)),
+            overwrite=True,
+        )

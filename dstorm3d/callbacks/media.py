@@ -14,8 +14,13 @@ def _wandb_loggers(trainer: pl.Trainer) -> list:
     return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
 
 
-def log_images(trainer: pl.Trainer, key: str, images: list[np.ndarray], step: int | None = None,
-               captions: list[str] | None = None) -> None:
+def log_images(
+    trainer: pl.Trainer,
+    key: str,
+    images: list[np.ndarray],
+    step: int | None = None,
+    captions: list[str] | None = None,
+) -> None:
     """Log RGB arrays under ``key`` to every W&B logger (no-op without one)."""
     extra = {} if captions is None else {"caption": list(captions)}  # log_image takes len() of every kwarg
     for logger in _wandb_loggers(trainer):

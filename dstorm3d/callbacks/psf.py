@@ -23,8 +23,9 @@ from dstorm3d.visualization import phase_mask_rgb, psf_frame_rgb, psf_montage_rg
 class PhaseMaskLogger(pl.Callback):
     """Draws ``module.phase_mask()`` and ``module.simulator.pupil.psf_zstack`` over the axial range."""
 
-    def __init__(self, every_n_steps: int = 200, z_slices: int = 9, window: int = 64,
-                 output_dir: str | None = None) -> None:
+    def __init__(
+        self, every_n_steps: int = 200, z_slices: int = 9, window: int = 64, output_dir: str | None = None
+    ) -> None:
         self.every_n_steps = max(1, int(every_n_steps))
         self.z_slices, self.window = int(z_slices), int(window)
         self.output_dir = Path(output_dir) if output_dir else None
@@ -37,7 +38,9 @@ class PhaseMaskLogger(pl.Callback):
         self.log_mask(trainer, module)
 
     @rank_zero_only
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx
+    ) -> None:
         step = trainer.global_step
         if self._learnable(module) and step > 0 and step % self.every_n_steps == 0:
             self.log_mask(trainer, module)
@@ -54,7 +57,12 @@ class PhaseMaskLogger(pl.Callback):
         mask = module.phase_mask().detach().double().cpu().numpy()
         z = np.linspace(*setup.z_range_um, self.z_slices)
         with torch.no_grad():
-            stack = pupil.psf_zstack(z, min(self.window, setup.pupil_grid), phase_mask=module.phase_mask()).float().cpu().numpy()
+            stack = (
+                pupil.psf_zstack(z, min(self.window, setup.pupil_grid), phase_mask=module.phase_mask())
+                .float()
+                .cpu()
+                .numpy()
+            )
         mask_rgb = phase_mask_rgb(mask, aperture_support(setup), title=f"phase mask, step {step}")
         montage = psf_montage_rgb(stack, z, title=f"PSF z-stack, step {step}")
         gif_frames = [psf_frame_rgb(s, zi) for s, zi in zip(stack, z)]
@@ -69,7 +77,9 @@ class PhaseMaskLogger(pl.Callback):
             gif = None
         # captions given explicitly: WandbLogger.log_image takes len() of every keyword, caption=None raises
         log_images(trainer, "psf/phase_mask", [mask_rgb], step=step, captions=[f"phase mask, step {step}"])
-        log_images(trainer, "psf/zstack_montage", [montage], step=step, captions=[f"PSF z-stack, step {step}"])
+        log_images(
+            trainer, "psf/zstack_montage", [montage], step=step, captions=[f"PSF z-stack, step {step}"]
+        )
         if gif is not None:
             log_animation(trainer, "psf/zstack_animation", gif, step=step)
 
@@ -78,5 +88,8 @@ class PhaseMaskLogger(pl.Callback):
         import tifffile
 
         description = json.dumps({"z_um": [float(v) for v in z], "unit": "photons per photon emitted"})
-        atomic_write(path, lambda p: tifffile.imwrite(p, stack.astype(np.float32), description=description),
-                     overwrite=True)
+        atomic_write(
+            path,
+            lambda p: tifffile.imwrite(p, stack.astype(np.float32), description=description),
+            overwrite=True,
+        )

@@ -18,7 +18,12 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from dstorm3d.optics.config import setup_from_config
-from dstorm3d.simulation.simulator import EmitterDataset, check_simulation_config, collate_samples, simulation_parts
+from dstorm3d.simulation.simulator import (
+    EmitterDataset,
+    check_simulation_config,
+    collate_samples,
+    simulation_parts,
+)
 from dstorm3d.utils.config import plain
 
 
@@ -36,9 +41,18 @@ class SimulatedDataModule(pl.LightningDataModule):
         seed: seed of all three streams.
     """
 
-    def __init__(self, optics: Mapping[str, Any], simulation: Mapping[str, Any], batch_size: int = 16,
-                 train_samples: int = 9000, val_samples: int = 256, test_samples: int = 256, num_workers: int = 0,
-                 seed: int = 0, pin_memory: bool = False) -> None:
+    def __init__(
+        self,
+        optics: Mapping[str, Any],
+        simulation: Mapping[str, Any],
+        batch_size: int = 16,
+        train_samples: int = 9000,
+        val_samples: int = 256,
+        test_samples: int = 256,
+        num_workers: int = 0,
+        seed: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
         super().__init__()
         self.optics = plain(optics)
         self.simulation = check_simulation_config(plain(simulation))
@@ -51,13 +65,27 @@ class SimulatedDataModule(pl.LightningDataModule):
 
     def dataset(self, stream: str, epoch: int = 0) -> EmitterDataset:
         """The data set of a stream (``train`` at a given epoch, or the fixed ``val``/``test``)."""
-        return EmitterDataset(self.sampler, self.background, self.sizes[stream], self.seed, stream=stream,
-                              epoch=epoch, blur_sigma_px=self.simulation.get("blur_sigma_px"))
+        return EmitterDataset(
+            self.sampler,
+            self.background,
+            self.sizes[stream],
+            self.seed,
+            stream=stream,
+            epoch=epoch,
+            blur_sigma_px=self.simulation.get("blur_sigma_px"),
+        )
 
     def _loader(self, dataset: EmitterDataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                          collate_fn=collate_samples, pin_memory=self.pin_memory,
-                          persistent_workers=False, drop_last=False)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=collate_samples,
+            pin_memory=self.pin_memory,
+            persistent_workers=False,
+            drop_last=False,
+        )
 
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if self.trainer is not None else 0

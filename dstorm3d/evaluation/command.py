@@ -48,12 +48,29 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         except SetupError as exc:
             raise UserInputError(f"{path}: {exc}") from None
         checkpoints.append(Evaluated(label, path, module, physics))
-        log.info("%s: %s (%s head), test frames %s, test set %s", label, path, module.hparams.head["kind"],
-                 physics.frame_shape, physics.key)
+        log.info(
+            "%s: %s (%s head), test frames %s, test set %s",
+            label,
+            path,
+            module.hparams.head["kind"],
+            physics.frame_shape,
+            physics.key,
+        )
     started = time.perf_counter()
     results = run_sweep(checkpoints, settings)
-    summary = report.write_outputs(out, checkpoints, settings, results, command=report.command_line(),
-                                   overwrite=overwrite, depth_count=_optional_int(cfg, "z_plot_count", minimum=0))
-    log.info("evaluated %d checkpoint(s) in %.1f s; results in %s", len(checkpoints),
-             time.perf_counter() - started, out)
+    summary = report.write_outputs(
+        out,
+        checkpoints,
+        settings,
+        results,
+        command=report.command_line(),
+        overwrite=overwrite,
+        depth_count=_optional_int(cfg, "z_plot_count", minimum=0),
+    )
+    log.info(
+        "evaluated %d checkpoint(s) in %.1f s; results in %s",
+        len(checkpoints),
+        time.perf_counter() - started,
+        out,
+    )
     return summary

@@ -25,8 +25,8 @@ columns, y along rows), z above the coverslip; frames, background and offsets in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,8 +40,14 @@ from ..optics.crlb import psf_with_derivatives
 from ..optics.pupil import PupilModel
 from ..optics.render import filter_patches, intensity_filter, render_frames
 
-__all__ = ["FitResult", "PsfZStack", "fit_emitters", "initial_guesses", "matching_pursuit",
-           "pupil_with_dtype"]
+__all__ = [
+    "FitResult",
+    "PsfZStack",
+    "fit_emitters",
+    "initial_guesses",
+    "matching_pursuit",
+    "pupil_with_dtype",
+]
 
 PARAMETERS_PER_EMITTER = 4  # x, y, z (µm), photons; one background per fit group follows them
 #: Default MP stopping threshold on the log-likelihood ratio of the next emitter (nats). In pure Poisson
@@ -93,7 +99,7 @@ class _Groups:
     frame: Tensor  # (G,) int64
     slot: Tensor  # (G, M) int64 member's index in the input's M axis
 
-    def subset(self, index: Tensor) -> "_Groups":
+    def subset(self, index: Tensor) -> _Groups:
         return _Groups(*(getattr(self, name)[index] for name in self.__dataclass_fields__))
 
     @property
@@ -129,12 +135,14 @@ def _as_frame_map(value: FrameMap, frames: Tensor, name: str) -> Tensor | None:
     try:
         return t.expand_as(frames)
     except RuntimeError:
-        raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to frames "
-                         f"{tuple(frames.shape)}") from None
+        raise ValueError(
+            f"{name} of shape {tuple(t.shape)} does not broadcast to frames {tuple(frames.shape)}"
+        ) from None
 
 
-def _as_emitters(initial: Emitters | Sequence[np.ndarray | Tensor], batch: int, dtype: torch.dtype,
-                 device: torch.device) -> Emitters:
+def _as_emitters(
+    initial: Emitters | Sequence[np.ndarray | Tensor], batch: int, dtype: torch.dtype, device: torch.device
+) -> Emitters:
     """Emitters, or per-frame arrays ``(n_i, 3)`` (x, y, z µm) / ``(n_i, 4)`` (+ photons)."""
     if isinstance(initial, Emitters):
         emitters = initial.to(device, dtype)
@@ -161,21 +169,28 @@ def _crop(maps: Tensor, frame: Tensor, corner: Tensor, shape: tuple[int, int]) -
     height, width = maps.shape[-2:]
     if frame.numel() == 0:
         return maps.new_zeros(0, rows, cols)
-    pad = max(0, int(-corner.min()), int((corner[:, 0] + rows - height).max()),
-              int((corner[:, 1] + cols - width).max()))
+    pad = max(
+        0,
+        int(-corner.min()),
+        int((corner[:, 0] + rows - height).max()),
+        int((corner[:, 1] + cols - width).max()),
+    )
     padded = F.pad(maps, (pad, pad, pad, pad)) if pad else maps
     r = corner[:, 0, None] + pad + torch.arange(rows, device=maps.device)
     c = corner[:, 1, None] + pad + torch.arange(cols, device=maps.device)
     return padded[frame[:, None, None], r[:, :, None], c[:, None, :]]
 
 
-def _scatter_windows(patches: Tensor, corner: Tensor, target: Tensor, n_targets: int,
-                     shape: tuple[int, int]) -> Tensor:
+def _scatter_windows(
+    patches: Tensor, corner: Tensor, target: Tensor, n_targets: int, shape: tuple[int, int]
+) -> Tensor:
     """Sum windows ``(E, P, P)`` into ``(n_targets, R, S)`` at ``corner (E, 2)``; every window lies inside."""
     rows, cols = shape
     p = patches.shape[-1]
-    offsets = (torch.arange(p, device=patches.device)[:, None] * cols
-               + torch.arange(p, device=patches.device)[None, :]).reshape(-1)
+    offsets = (
+        torch.arange(p, device=patches.device)[:, None] * cols
+        + torch.arange(p, device=patches.device)[None, :]
+    ).reshape(-1)
     start = target * (rows * cols) + corner[:, 0] * cols + corner[:, 1]
     index = (start[:, None] + offsets[None, :]).reshape(-1)
     out = patches.new_zeros(n_targets * rows * cols).index_add_(0, index, patches.reshape(-1))
@@ -216,8 +231,9 @@ def _cluster_members(corners: np.ndarray, window: int) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
-def _build_groups(frames: Tensor, emitters: Emitters, offset: Tensor | None, window: int, joint: bool,
-                  pupil: PupilModel) -> list[_Groups]:
+def _build_groups(
+    frames: Tensor, emitters: Emitters, offset: Tensor | None, window: int, joint: bool, pupil: PupilModel
+) -> list[_Groups]:
     """Split the emitters into fit groups (one per emitter, or per cluster of overlapping windows), in
     buckets of equal member count, each padded only to the pixels it needs."""
     device = frames.device
@@ -235,9 +251,13 @@ def _build_groups(frames: Tensor, emitters: Emitters, offset: Tensor | None, win
             for label in np.unique(labels):
                 cluster = slots[labels == label].tolist()
                 clusters.setdefault(len(cluster), []).append((int(b), cluster))
-        members = [(torch.tensor([b for b, _ in groups], dtype=torch.long, device=device),
-                    torch.tensor([slots for _, slots in groups], dtype=torch.long, device=device))
-                   for _, groups in sorted(clusters.items())]
+        members = [
+            (
+                torch.tensor([b for b, _ in groups], dtype=torch.long, device=device),
+                torch.tensor([slots for _, slots in groups], dtype=torch.long, device=device),
+            )
+            for _, groups in sorted(clusters.items())
+        ]
     buckets = []
     for frame, slot in members:
         window_corner = corners[frame[:, None], slot]  # (G, M, 2)
@@ -249,14 +269,17 @@ def _build_groups(frames: Tensor, emitters: Emitters, offset: Tensor | None, win
         n_groups, count = slot.shape
         relative = (window_corner - region_corner[:, None]).reshape(-1, 2)
         target = torch.arange(n_groups, device=device).repeat_interleave(count)
-        covered = _scatter_windows(frames.new_ones(n_groups * count, window, window), relative, target,
-                                   n_groups, shape)
+        covered = _scatter_windows(
+            frames.new_ones(n_groups * count, window, window), relative, target, n_groups, shape
+        )
         mask = inside * (covered > 0).to(frames.dtype)
-        offset_regions = (_crop(offset, frame, region_corner, shape) if offset is not None
-                          else torch.zeros_like(data))
+        offset_regions = (
+            _crop(offset, frame, region_corner, shape) if offset is not None else torch.zeros_like(data)
+        )
         valid = torch.ones(n_groups, count, dtype=torch.bool, device=device)
-        buckets.append(_Groups(data * mask, mask, offset_regions, region_corner, window_corner, valid, frame,
-                               slot))
+        buckets.append(
+            _Groups(data * mask, mask, offset_regions, region_corner, window_corner, valid, frame, slot)
+        )
     return buckets
 
 
@@ -266,8 +289,14 @@ class _Model:
 
     θ ``(G, 4M + 1)`` holds x, y, z (µm) and photons N of each member, then the background b."""
 
-    def __init__(self, pupil: PupilModel, window: int, blur_sigma_px: float | None, pixel_integration: bool,
-                 fit_background: bool) -> None:
+    def __init__(
+        self,
+        pupil: PupilModel,
+        window: int,
+        blur_sigma_px: float | None,
+        pixel_integration: bool,
+        fit_background: bool,
+    ) -> None:
         self.pupil, self.window = pupil, window
         self.blur_sigma_px, self.pixel_integration = blur_sigma_px, pixel_integration
         self.fit_background = fit_background
@@ -280,8 +309,9 @@ class _Model:
         corner = groups.window_corner.reshape(-1, 2)
         shape = (self.window, self.window)
         if derivatives:
-            h, dh = psf_with_derivatives(self.pupil, xyz, corner, shape, self.blur_sigma_px,
-                                         self.pixel_integration)
+            h, dh = psf_with_derivatives(
+                self.pupil, xyz, corner, shape, self.blur_sigma_px, self.pixel_integration
+            )
             dh = dh.reshape(n_groups, members, 3, *shape)
         else:
             h = self.pupil.psf_on_grid(xyz, corner, shape)
@@ -294,8 +324,13 @@ class _Model:
         relative = (groups.window_corner - groups.region_corner[:, None]).reshape(-1, 2)
         index = torch.arange(n_groups * members, device=patches.device)
         target = index if per_member else index // members
-        placed = _scatter_windows(patches.reshape(-1, self.window, self.window), relative, target,
-                                  n_groups * members if per_member else n_groups, groups.shape)
+        placed = _scatter_windows(
+            patches.reshape(-1, self.window, self.window),
+            relative,
+            target,
+            n_groups * members if per_member else n_groups,
+            groups.shape,
+        )
         return placed.reshape(n_groups, members, *groups.shape) if per_member else placed
 
     def signals(self, groups: _Groups, theta: Tensor) -> Tensor:
@@ -317,8 +352,9 @@ def _member_parameters(theta: Tensor) -> Tensor:
     return theta[:, :-1].reshape(theta.shape[0], -1, PARAMETERS_PER_EMITTER)
 
 
-def _transfer(window: tuple[int, int], blur_sigma_px: float | None, pixel_integration: bool,
-              like: Tensor) -> Tensor | None:
+def _transfer(
+    window: tuple[int, int], blur_sigma_px: float | None, pixel_integration: bool, like: Tensor
+) -> Tensor | None:
     """The rendering filter of :func:`dstorm3d.optics.render.intensity_filter` for one blur width."""
     sigma = None if blur_sigma_px is None else like.new_tensor([float(blur_sigma_px)])
     return intensity_filter(window, sigma, pixel_integration, like.dtype, like.device)
@@ -344,7 +380,7 @@ class _Overlaps:
     inside: Tensor  # (n, P²) bool: that pixel lies in b's window
 
     @classmethod
-    def of(cls, window_corner: Tensor, window: int) -> "_Overlaps":
+    def of(cls, window_corner: Tensor, window: int) -> _Overlaps:
         shift = window_corner[:, :, None] - window_corner[:, None, :]  # (G, M, M, 2) corner_a − corner_b
         group, first, second = (shift.abs() < window).all(dim=-1).nonzero(as_tuple=True)
         offset = shift[group, first, second]
@@ -354,17 +390,23 @@ class _Overlaps:
         index = rows.clamp(0, window - 1)[:, :, None] * window + cols.clamp(0, window - 1)[:, None, :]
         return cls(group, first, second, index.flatten(1), inside.flatten(1))
 
-    def subset(self, index: Tensor, n_groups: int) -> "_Overlaps":
+    def subset(self, index: Tensor, n_groups: int) -> _Overlaps:
         """The pairs of groups ``index``, renumbered to their positions in ``index``."""
         position = torch.full((n_groups,), -1, dtype=torch.long, device=index.device)
         position[index] = torch.arange(len(index), device=index.device)
         keep = position[self.group] >= 0
-        return _Overlaps(position[self.group[keep]], self.first[keep], self.second[keep], self.index[keep],
-                         self.inside[keep])
+        return _Overlaps(
+            position[self.group[keep]],
+            self.first[keep],
+            self.second[keep],
+            self.index[keep],
+            self.inside[keep],
+        )
 
 
-def _normal_equations(model: _Model, groups: _Groups, overlaps: _Overlaps, mu: Tensor, grads: Tensor
-                      ) -> tuple[Tensor, Tensor]:
+def _normal_equations(
+    model: _Model, groups: _Groups, overlaps: _Overlaps, mu: Tensor, grads: Tensor
+) -> tuple[Tensor, Tensor]:
     """Score ``(G, Q)`` of the Poisson log-likelihood and Fisher information ``(G, Q, Q)``, Q = 4M + 1.
 
     ``score = Jᵀ(d/μ − 1)``, ``F = Jᵀ diag(1/μ) J`` over the masked pixels, with J's member columns
@@ -402,8 +444,9 @@ def _free_parameters(groups: _Groups, model: _Model) -> Tensor:
     return torch.cat([free, free.new_full((free.shape[0], 1), model.fit_background)], dim=1)
 
 
-def _bounds(groups: _Groups, pupil: PupilModel, window: int, z_range_um: tuple[float, float]
-            ) -> tuple[Tensor, Tensor]:
+def _bounds(
+    groups: _Groups, pupil: PupilModel, window: int, z_range_um: tuple[float, float]
+) -> tuple[Tensor, Tensor]:
     """Lower/upper bounds ``(G, Q)``: x, y inside the member's window (1 px margin), z in range, N, b ≥ 0."""
     n_groups, max_count = groups.valid.shape
     dtype, device = groups.data.dtype, groups.data.device
@@ -415,8 +458,10 @@ def _bounds(groups: _Groups, pupil: PupilModel, window: int, z_range_um: tuple[f
     lower[..., 1], upper[..., 1] = (corner[..., 0] + 1) * pixel, (corner[..., 0] + window - 1) * pixel
     lower[..., 2], upper[..., 2] = z_range_um
     tail = torch.tensor([[0.0]], dtype=dtype, device=device).expand(n_groups, 1)
-    return (torch.cat([lower.reshape(n_groups, -1), tail], 1),
-            torch.cat([upper.reshape(n_groups, -1), torch.full_like(tail, torch.inf)], 1))
+    return (
+        torch.cat([lower.reshape(n_groups, -1), tail], 1),
+        torch.cat([upper.reshape(n_groups, -1), torch.full_like(tail, torch.inf)], 1),
+    )
 
 
 def _initial_theta(model: _Model, groups: _Groups, xyz: Tensor, photons: Tensor) -> Tensor:
@@ -441,9 +486,16 @@ def _initial_theta(model: _Model, groups: _Groups, xyz: Tensor, photons: Tensor)
     return torch.cat([params.reshape(n_groups, -1), background[:, None]], dim=1)
 
 
-def _levenberg_marquardt(model: _Model, groups: _Groups, overlaps: _Overlaps, theta: Tensor, lower: Tensor,
-                         upper: Tensor, max_iterations: int, tolerance: float
-                         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _levenberg_marquardt(
+    model: _Model,
+    groups: _Groups,
+    overlaps: _Overlaps,
+    theta: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    max_iterations: int,
+    tolerance: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Maximise the Poisson likelihood of every group; returns θ, μ, member derivatives, converged and
     iterations. Damping follows Nielsen: shrink by the gain ratio on success, double (and double the
     factor) on failure."""
@@ -480,8 +532,9 @@ def _levenberg_marquardt(model: _Model, groups: _Groups, overlaps: _Overlaps, th
         theta[keep], mu[keep] = trial[better], mu_t[better]
         grads[keep], loglik[keep] = grads_t[better], loglik_t[better]
         shrink = (1 - (2 * gain - 1).clamp(max=1.0) ** 3).clamp(min=1 / 3)
-        damping[active] = torch.where(better, (damping[active] * shrink).clamp_min(_MIN_DAMPING),
-                                      damping[active] * growth[active])
+        damping[active] = torch.where(
+            better, (damping[active] * shrink).clamp_min(_MIN_DAMPING), damping[active] * growth[active]
+        )
         growth[active] = torch.where(better, 2.0, growth[active] * 2)
         iterations[active] += 1
         converged[active] = (small < tolerance) | (damping[active] > _MAX_DAMPING)
@@ -516,12 +569,21 @@ def _fisher_std(fisher: Tensor, free: Tensor) -> Tensor:
     return variance.clamp_min(0).sqrt().where(free, torch.nan)
 
 
-def fit_emitters(pupil: PupilModel, frames: Tensor | np.ndarray,
-                 initial: Emitters | Sequence[np.ndarray | Tensor], background: FrameMap = None,
-                 offset: FrameMap = None, window: int = 31, joint: bool = False, max_iterations: int = 50,
-                 tolerance: float = 1e-3, z_range_um: tuple[float, float] | None = None,
-                 blur_sigma_px: float | None = None, pixel_integration: bool = False,
-                 dtype: torch.dtype = torch.float64) -> FitResult:
+def fit_emitters(
+    pupil: PupilModel,
+    frames: Tensor | np.ndarray,
+    initial: Emitters | Sequence[np.ndarray | Tensor],
+    background: FrameMap = None,
+    offset: FrameMap = None,
+    window: int = 31,
+    joint: bool = False,
+    max_iterations: int = 50,
+    tolerance: float = 1e-3,
+    z_range_um: tuple[float, float] | None = None,
+    blur_sigma_px: float | None = None,
+    pixel_integration: bool = False,
+    dtype: torch.dtype = torch.float64,
+) -> FitResult:
     """Poisson maximum-likelihood estimates of (x, y, z, photons, background) for every emitter.
 
     Args:
@@ -572,12 +634,17 @@ def fit_emitters(pupil: PupilModel, frames: Tensor | np.ndarray,
         with torch.no_grad():
             g_idx, m_idx = groups.valid.nonzero(as_tuple=True)  # all members of a bucket are valid
             frame_of, slot_of = groups.frame[g_idx], groups.slot[g_idx, m_idx]
-            theta = _initial_theta(model, groups, start.xyz[groups.frame[:, None], groups.slot],
-                                   start.photons[groups.frame[:, None], groups.slot])
+            theta = _initial_theta(
+                model,
+                groups,
+                start.xyz[groups.frame[:, None], groups.slot],
+                start.photons[groups.frame[:, None], groups.slot],
+            )
             lower, upper = _bounds(groups, model_pupil, window, z_range)
             overlaps = _Overlaps.of(groups.window_corner, window)
             theta, mu, grads, converged, iterations = _levenberg_marquardt(
-                model, groups, overlaps, theta.clamp(lower, upper), lower, upper, max_iterations, tolerance)
+                model, groups, overlaps, theta.clamp(lower, upper), lower, upper, max_iterations, tolerance
+            )
             ratio = _significance(model, groups, theta, mu)
             _, fisher = _normal_equations(model, groups, overlaps, mu, grads)
             std = _fisher_std(fisher, _free_parameters(groups, model))
@@ -611,10 +678,17 @@ class PsfZStack:
         dtype: precision of the templates (float32 is plenty for detection).
     """
 
-    def __init__(self, pupil: PupilModel, window: int = 31, z_step_um: float = 0.1,
-                 search_z_step_um: float = 0.2, z_range_um: tuple[float, float] | None = None,
-                 blur_sigma_px: float | None = None, pixel_integration: bool = False,
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        pupil: PupilModel,
+        window: int = 31,
+        z_step_um: float = 0.1,
+        search_z_step_um: float = 0.2,
+        z_range_um: tuple[float, float] | None = None,
+        blur_sigma_px: float | None = None,
+        pixel_integration: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         pupil.setup.check_window(window)
         model = pupil_with_dtype(pupil, torch.float64)
         z0, z1 = z_range_um or pupil.setup.z_range_um
@@ -650,10 +724,10 @@ class PsfZStack:
         batch, height, width = frames.shape
         size = (height + self.window - 1 + 2 * margin, width + self.window - 1 + 2 * margin)
         padded = fill[:, None, None].expand(batch, *size).clone()
-        padded[:, half:half + height, half:half + width] = frames
+        padded[:, half : half + height, half : half + width] = frames
         return padded
 
-    def correlate(self, frames: Tensor, max_elements: int = 2 ** 23) -> tuple[Tensor, Tensor]:
+    def correlate(self, frames: Tensor, max_elements: int = 2**23) -> tuple[Tensor, Tensor]:
         """Best NCC over the search slices ``(B, H, W)`` of the window centred on each pixel, and the index
         (into all slices) of the best one.
 
@@ -674,14 +748,14 @@ class PsfZStack:
         slice_chunk = max(1, min(n_slices, max_elements // plane))
         chunk = max(1, max_elements // (slice_chunk * plane))
         for lo in range(0, batch, chunk):
-            spectrum = torch.fft.rfft2(padded[lo:lo + chunk], s=size)[:, None]
+            spectrum = torch.fft.rfft2(padded[lo : lo + chunk], s=size)[:, None]
             for z_lo in range(0, n_slices, slice_chunk):
-                product = spectrum * spectra[z_lo:z_lo + slice_chunk]
+                product = spectrum * spectra[z_lo : z_lo + slice_chunk]
                 corr = torch.fft.irfft2(product, s=size)[..., :height, :width]
                 value, index = corr.max(dim=1)
-                better = value > best[lo:lo + chunk]
-                best[lo:lo + chunk] = torch.where(better, value, best[lo:lo + chunk])
-                best_slice[lo:lo + chunk] = torch.where(better, index + z_lo, best_slice[lo:lo + chunk])
+                better = value > best[lo : lo + chunk]
+                best[lo : lo + chunk] = torch.where(better, value, best[lo : lo + chunk])
+                best_slice[lo : lo + chunk] = torch.where(better, index + z_lo, best_slice[lo : lo + chunk])
         return best / norm, self.search_slices[best_slice]
 
     def _window_norm(self, padded: Tensor) -> Tensor:
@@ -694,16 +768,20 @@ class PsfZStack:
             return c[:, p:, p:] - c[:, :-p, p:] - c[:, p:, :-p] + c[:, :-p, :-p]
 
         total, squares = box(padded), box(padded.square())
-        return (squares - total.square() / p ** 2).clamp_min(1e-12).sqrt().to(self.dtype)
+        return (squares - total.square() / p**2).clamp_min(1e-12).sqrt().to(self.dtype)
 
     def _windows(self, padded: Tensor, frame: Tensor, row: Tensor, col: Tensor, size: int) -> Tensor:
         """``size × size`` windows ``(..., size, size)`` of padded frames, top-left at padded (row, col)."""
         offsets = torch.arange(size, device=padded.device)
-        return padded[frame[..., None, None], row[..., None, None] + offsets[:, None],
-                      col[..., None, None] + offsets[None, :]]
+        return padded[
+            frame[..., None, None],
+            row[..., None, None] + offsets[:, None],
+            col[..., None, None] + offsets[None, :],
+        ]
 
-    def _z_profile(self, padded: Tensor, frame: Tensor, row: Tensor, col: Tensor, margin: int
-                   ) -> tuple[Tensor, Tensor]:
+    def _z_profile(
+        self, padded: Tensor, frame: Tensor, row: Tensor, col: Tensor, margin: int
+    ) -> tuple[Tensor, Tensor]:
         """NCC ``(..., Z)`` of every slice with the window centred on frame pixel ``(row, col)`` of frames
         padded with an extra ``margin``, and the zero-mean window ``(..., P, P)``."""
         p = self.window
@@ -712,8 +790,13 @@ class PsfZStack:
         norm = centred.flatten(-2).norm(dim=-1).clamp_min(1e-12)
         return torch.einsum("...uv,zuv->...z", centred, self.templates) / norm[..., None], centred
 
-    def detect(self, frames: Tensor, max_per_frame: int = 1, min_correlation: float = 0.3,
-               min_distance_px: int | None = None) -> Emitters:
+    def detect(
+        self,
+        frames: Tensor,
+        max_per_frame: int = 1,
+        min_correlation: float = 0.3,
+        min_distance_px: int | None = None,
+    ) -> Emitters:
         """Up to ``max_per_frame`` NCC peaks per frame as emitters ``(B, max_per_frame)``.
 
         Candidates are local maxima (within ``min_distance_px``, default P//4) of the search map with
@@ -798,10 +881,19 @@ def _fast_size(n: int) -> int:
         n += 1
 
 
-def initial_guesses(pupil: PupilModel, frames: Tensor | np.ndarray, max_emitters: int = 1, window: int = 31,
-                    z_step_um: float = 0.1, search_z_step_um: float = 0.2, min_correlation: float = 0.3,
-                    min_distance_px: int | None = None, blur_sigma_px: float | None = None,
-                    pixel_integration: bool = False, zstack: PsfZStack | None = None) -> Emitters:
+def initial_guesses(
+    pupil: PupilModel,
+    frames: Tensor | np.ndarray,
+    max_emitters: int = 1,
+    window: int = 31,
+    z_step_um: float = 0.1,
+    search_z_step_um: float = 0.2,
+    min_correlation: float = 0.3,
+    min_distance_px: int | None = None,
+    blur_sigma_px: float | None = None,
+    pixel_integration: bool = False,
+    zstack: PsfZStack | None = None,
+) -> Emitters:
     """Starting points for :func:`fit_emitters` without a network: NCC peaks with a PSF z-stack.
 
     Args:
@@ -816,21 +908,38 @@ def initial_guesses(pupil: PupilModel, frames: Tensor | np.ndarray, max_emitters
     Returns:
         :class:`Emitters` ``(B, max_emitters)``: positions (µm), photon estimates, ``score`` = NCC.
     """
-    stack = zstack or PsfZStack(pupil, window, z_step_um, search_z_step_um, blur_sigma_px=blur_sigma_px,
-                                pixel_integration=pixel_integration)
+    stack = zstack or PsfZStack(
+        pupil,
+        window,
+        z_step_um,
+        search_z_step_um,
+        blur_sigma_px=blur_sigma_px,
+        pixel_integration=pixel_integration,
+    )
     data = _as_frames(frames, stack.psf.dtype, stack.psf.device)
     with torch.no_grad():
         return stack.detect(data, max_emitters, min_correlation, min_distance_px)
 
 
 # ------------------------------------------------------------------------------------------ matching pursuit
-def matching_pursuit(pupil: PupilModel, frames: Tensor | np.ndarray, max_emitters: int, window: int = 31,
-                     z_step_um: float = 0.1, search_z_step_um: float = 0.2,
-                     min_log_likelihood_ratio: float = DEFAULT_MIN_LOG_LIKELIHOOD_RATIO,
-                     refit: bool = True, background: FrameMap = None, min_correlation: float = 0.0,
-                     max_iterations: int = 50, blur_sigma_px: float | None = None,
-                     pixel_integration: bool = False, subtract_window: int | None = None,
-                     zstack: PsfZStack | None = None, dtype: torch.dtype = torch.float64) -> Emitters:
+def matching_pursuit(
+    pupil: PupilModel,
+    frames: Tensor | np.ndarray,
+    max_emitters: int,
+    window: int = 31,
+    z_step_um: float = 0.1,
+    search_z_step_um: float = 0.2,
+    min_log_likelihood_ratio: float = DEFAULT_MIN_LOG_LIKELIHOOD_RATIO,
+    refit: bool = True,
+    background: FrameMap = None,
+    min_correlation: float = 0.0,
+    max_iterations: int = 50,
+    blur_sigma_px: float | None = None,
+    pixel_integration: bool = False,
+    subtract_window: int | None = None,
+    zstack: PsfZStack | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> Emitters:
     """Greedy fit-and-subtract localisation (the paper's MP comparison), batched over frames.
 
     Each round, in every frame still running: render the emitters found so far, find the best NCC match
@@ -860,13 +969,25 @@ def matching_pursuit(pupil: PupilModel, frames: Tensor | np.ndarray, max_emitter
     model_pupil = pupil_with_dtype(pupil, dtype)
     data = _as_frames(frames, dtype, device)
     batch, height, width = data.shape
-    stack = zstack or PsfZStack(model_pupil, window, z_step_um, search_z_step_um, blur_sigma_px=blur_sigma_px,
-                                pixel_integration=pixel_integration)
+    stack = zstack or PsfZStack(
+        model_pupil,
+        window,
+        z_step_um,
+        search_z_step_um,
+        blur_sigma_px=blur_sigma_px,
+        pixel_integration=pixel_integration,
+    )
     filtering = blur_sigma_px is not None or pixel_integration
     if subtract_window is None and max(height, width) + (16 if filtering else 0) > pupil.setup.pupil_grid:
         subtract_window = pupil.setup.pupil_grid
-    fit_options = dict(background=background, window=window, max_iterations=max_iterations,
-                       blur_sigma_px=blur_sigma_px, pixel_integration=pixel_integration, dtype=dtype)
+    fit_options = dict(
+        background=background,
+        window=window,
+        max_iterations=max_iterations,
+        blur_sigma_px=blur_sigma_px,
+        pixel_integration=pixel_integration,
+        dtype=dtype,
+    )
     xyz = data.new_zeros(batch, 0, 3)
     photons = data.new_zeros(batch, 0)
     score = data.new_zeros(batch, 0)
@@ -878,8 +999,9 @@ def matching_pursuit(pupil: PupilModel, frames: Tensor | np.ndarray, max_emitter
             if len(index) == 0:
                 break
             found = Emitters(xyz[index], photons[index], valid[index])
-            model = _render(model_pupil, found, (height, width), subtract_window, blur_sigma_px,
-                            pixel_integration)
+            model = _render(
+                model_pupil, found, (height, width), subtract_window, blur_sigma_px, pixel_integration
+            )
             candidate = stack.detect(data[index] - model, 1, min_correlation)
             fit = fit_emitters(model_pupil, data[index], candidate, offset=model, **fit_options)
             accept = candidate.valid[:, 0] & (fit.log_likelihood_ratio[:, 0] > min_log_likelihood_ratio)
@@ -896,19 +1018,39 @@ def matching_pursuit(pupil: PupilModel, frames: Tensor | np.ndarray, max_emitter
             score, valid = torch.cat([score, new_score], 1), torch.cat([valid, new_valid], 1)
             running[index[~accept]] = False
             if refit and round_index > 0 and len(kept):
-                joint = fit_emitters(model_pupil, data[kept], Emitters(xyz[kept], photons[kept], valid[kept]),
-                                     joint=True, **fit_options)
+                joint = fit_emitters(
+                    model_pupil,
+                    data[kept],
+                    Emitters(xyz[kept], photons[kept], valid[kept]),
+                    joint=True,
+                    **fit_options,
+                )
                 xyz[kept], photons[kept] = joint.emitters.xyz, joint.emitters.photons
                 score[kept] = joint.log_likelihood_ratio.where(valid[kept], 0.0)
     result = Emitters(xyz, photons, valid, score=score)
     return result.pad_to(max_emitters) if result.max_count < max_emitters else result
 
 
-def _render(pupil: PupilModel, emitters: Emitters, shape: tuple[int, int], window: int | None,
-            blur_sigma_px: float | None, pixel_integration: bool) -> Tensor:
+def _render(
+    pupil: PupilModel,
+    emitters: Emitters,
+    shape: tuple[int, int],
+    window: int | None,
+    blur_sigma_px: float | None,
+    pixel_integration: bool,
+) -> Tensor:
     """Expected photons ``(B, H, W)`` of emitters (no background)."""
     xyz, photons, frame = emitters.flat()
     if len(xyz) == 0:
         return emitters.xyz.new_zeros(emitters.batch_size, *shape)
-    return render_frames(pupil, xyz, photons, frame, emitters.batch_size, shape, window=window,
-                         blur_sigma_px=blur_sigma_px, pixel_integration=pixel_integration)
+    return render_frames(
+        pupil,
+        xyz,
+        photons,
+        frame,
+        emitters.batch_size,
+        shape,
+        window=window,
+        blur_sigma_px=blur_sigma_px,
+        pixel_integration=pixel_integration,
+    )

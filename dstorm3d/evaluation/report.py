@@ -26,7 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from dstorm3d.evaluation.sweep import BASELINE, NETWORK, ROW_COLUMNS, Z_COLUMNS, Evaluated, SweepResults, SweepSettings
+from dstorm3d.evaluation.sweep import (
+    BASELINE,
+    NETWORK,
+    ROW_COLUMNS,
+    Z_COLUMNS,
+    Evaluated,
+    SweepResults,
+    SweepSettings,
+)
 from dstorm3d.utils.files import atomic_write
 
 DENSITY_PLOTS = {  # file → (score, y label)
@@ -85,7 +93,9 @@ def _write_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Cal
     return write
 
 
-def _series(rows: Sequence[Mapping[str, Any]], condition: str) -> dict[tuple[str, str], list[Mapping[str, Any]]]:
+def _series(
+    rows: Sequence[Mapping[str, Any]], condition: str
+) -> dict[tuple[str, str], list[Mapping[str, Any]]]:
     """Rows of one condition grouped by (label, method), in row order."""
     grouped: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for row in rows:
@@ -128,8 +138,15 @@ def _save(figure: Any, path: Path, overwrite: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- figures
-def plot_against_density(rows: Sequence[Mapping[str, Any]], checkpoints: Sequence[Evaluated],
-                         settings: SweepSettings, score: str, ylabel: str, path: Path, overwrite: bool) -> None:
+def plot_against_density(
+    rows: Sequence[Mapping[str, Any]],
+    checkpoints: Sequence[Evaluated],
+    settings: SweepSettings,
+    score: str,
+    ylabel: str,
+    path: Path,
+    overwrite: bool,
+) -> None:
     """``score`` ± s.d. over frames against density, one panel per condition; networks solid, MP dashed."""
     colours = _colours(checkpoints)
     conditions = settings.conditions
@@ -142,11 +159,23 @@ def plot_against_density(rows: Sequence[Mapping[str, Any]], checkpoints: Sequenc
             y = np.array([r[score] for r in series], dtype=np.float64)
             error = np.nan_to_num(np.array([r[f"{score}_std"] for r in series], dtype=np.float64))
             baseline = method == BASELINE
-            ax.errorbar(x, y, yerr=error, label=label, color=_colour(colours, label, method, series),
-                        linestyle="--" if baseline else "-", marker="s" if baseline else "o",
-                        markerfacecolor="none" if baseline else None, capsize=3, linewidth=1.4, markersize=4)
-        ax.set_title(f"{condition.name}: {condition.mean_photons:g} photons, "
-                     f"{_background_text(condition.mean_background)} bg")
+            ax.errorbar(
+                x,
+                y,
+                yerr=error,
+                label=label,
+                color=_colour(colours, label, method, series),
+                linestyle="--" if baseline else "-",
+                marker="s" if baseline else "o",
+                markerfacecolor="none" if baseline else None,
+                capsize=3,
+                linewidth=1.4,
+                markersize=4,
+            )
+        ax.set_title(
+            f"{condition.name}: {condition.mean_photons:g} photons, "
+            f"{_background_text(condition.mean_background)} bg"
+        )
         ax.set_xlabel("density (emitters / µm²)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -158,8 +187,14 @@ def plot_against_density(rows: Sequence[Mapping[str, Any]], checkpoints: Sequenc
     _save(figure, path, overwrite)
 
 
-def plot_against_depth(depth_rows: Sequence[Mapping[str, Any]], checkpoints: Sequence[Evaluated],
-                       settings: SweepSettings, count: int, path: Path, overwrite: bool) -> None:
+def plot_against_depth(
+    depth_rows: Sequence[Mapping[str, Any]],
+    checkpoints: Sequence[Evaluated],
+    settings: SweepSettings,
+    count: int,
+    path: Path,
+    overwrite: bool,
+) -> None:
     """Lateral (top) and axial (bottom) RMSE per depth bin at ``count`` emitters per field, with the CRLB
     of each test set (dotted)."""
     colours = _colours(checkpoints)
@@ -173,14 +208,29 @@ def plot_against_depth(depth_rows: Sequence[Mapping[str, Any]], checkpoints: Seq
             colour = _colour(colours, label, method, series)
             baseline = method == BASELINE
             test_set = series[0]["test_set"]
-            for row_index, (key, bound) in enumerate((("rmse_lat_nm", "crlb_lat_nm"), ("rmse_ax_nm", "crlb_ax_nm"))):
+            for row_index, (key, bound) in enumerate(
+                (("rmse_lat_nm", "crlb_lat_nm"), ("rmse_ax_nm", "crlb_ax_nm"))
+            ):
                 ax = axes[row_index, column]
-                ax.plot(z, [r[key] for r in series], color=colour, linestyle="--" if baseline else "-",
-                        marker="s" if baseline else "o", markerfacecolor="none" if baseline else None,
-                        markersize=4, label=label)
+                ax.plot(
+                    z,
+                    [r[key] for r in series],
+                    color=colour,
+                    linestyle="--" if baseline else "-",
+                    marker="s" if baseline else "o",
+                    markerfacecolor="none" if baseline else None,
+                    markersize=4,
+                    label=label,
+                )
                 if test_set not in bounds_drawn:
-                    ax.plot(z, [r[bound] for r in series], color=colour, linestyle=":", linewidth=2,
-                            label=f"CRLB (test set {test_set[:6]})")
+                    ax.plot(
+                        z,
+                        [r[bound] for r in series],
+                        color=colour,
+                        linestyle=":",
+                        linewidth=2,
+                        label=f"CRLB (test set {test_set[:6]})",
+                    )
             bounds_drawn.add(test_set)
         for row_index, name in enumerate(("lateral", "axial")):
             ax = axes[row_index, column]
@@ -222,41 +272,63 @@ def _pm(value: Any, spread: Any, digits: int) -> str:
     return text
 
 
-def markdown_report(command: str, checkpoints: Sequence[Evaluated], settings: SweepSettings,
-                    results: SweepResults, depth_count: int) -> str:
+def markdown_report(
+    command: str,
+    checkpoints: Sequence[Evaluated],
+    settings: SweepSettings,
+    results: SweepResults,
+    depth_count: int,
+) -> str:
     """The report: checkpoints, test sets, a table per condition, CRLB, skipped points, figures."""
     pixel_nm = checkpoints[0].physics.setup.pixel_size_um * 1e3
     field_um = settings.reference_field_px * pixel_nm / 1e3
-    lines = ["# Density benchmark (DeepSTORM3D Fig. 2, Fig. 4d–f)", "", "Made by:", "", f"    {command}", "",
-             "## Checkpoints", "",
-             "| label | checkpoint | module | head | mask | test frames (px) | test set | threshold |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Density benchmark (DeepSTORM3D Fig. 2, Fig. 4d–f)",
+        "",
+        "Made by:",
+        "",
+        f"    {command}",
+        "",
+        "## Checkpoints",
+        "",
+        "| label | checkpoint | module | head | mask | test frames (px) | test set | threshold |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for item in checkpoints:
         info = item.describe(settings.threshold)
         height, width = item.physics.frame_shape
-        lines.append(f"| {item.label} | `{item.path}` | {info['kind']} | {info['head']} | {info['mask']} | "
-                     f"{height}×{width} | `{item.physics.key}` | {info['threshold']:.4g} |")
+        lines.append(
+            f"| {item.label} | `{item.path}` | {info['kind']} | {info['head']} | {info['mask']} | "
+            f"{height}×{width} | `{item.physics.key}` | {info['threshold']:.4g} |"
+        )
     camera = {c.camera.get("kind") for c in settings.conditions}
-    lines += ["", "## Test sets", "",
-              f"* {settings.frames} frames per point, seed {settings.seed}; densities are given as emitters per "
-              f"{settings.reference_field_px}×{settings.reference_field_px} px field ({field_um:.2f}×{field_um:.2f} µm² "
-              f"at {pixel_nm:.0f} nm): counts {list(settings.counts)}.",
-              "* Frames of another size keep the densities: a frame expects count × (its area / the field's area) "
-              "emitters, and holds the integer below or above that at random so that the mean is exact "
-              "(`emitters per frame` below is the realised mean).",
-              "* Emitters uniform in x, y over the frame and in z over the axial range; the same emitters "
-              "(and noise streams) for every checkpoint with the same frame size and axial range, and the very "
-              "same frames for checkpoints with the same test set.",
-              f"* Camera: {', '.join(sorted(camera))}; matching: Hungarian, 3D distance < {settings.matching_nm:g} nm; "
-              "efficiencies by the SMLM-challenge formula (α = 1 nm⁻¹ lateral, 0.5 nm⁻¹ axial) at this matching.",
-              "* Scores are pooled over the frames of a point; ± is the standard deviation of the per-frame values.",
-              ""]
+    lines += [
+        "",
+        "## Test sets",
+        "",
+        f"* {settings.frames} frames per point, seed {settings.seed}; densities are given as emitters per "
+        f"{settings.reference_field_px}×{settings.reference_field_px} px field ({field_um:.2f}×{field_um:.2f} µm² "
+        f"at {pixel_nm:.0f} nm): counts {list(settings.counts)}.",
+        "* Frames of another size keep the densities: a frame expects count × (its area / the field's area) "
+        "emitters, and holds the integer below or above that at random so that the mean is exact "
+        "(`emitters per frame` below is the realised mean).",
+        "* Emitters uniform in x, y over the frame and in z over the axial range; the same emitters "
+        "(and noise streams) for every checkpoint with the same frame size and axial range, and the very "
+        "same frames for checkpoints with the same test set.",
+        f"* Camera: {', '.join(sorted(camera))}; matching: Hungarian, 3D distance < {settings.matching_nm:g} nm; "
+        "efficiencies by the SMLM-challenge formula (α = 1 nm⁻¹ lateral, 0.5 nm⁻¹ axial) at this matching.",
+        "* Scores are pooled over the frames of a point; ± is the standard deviation of the per-frame values.",
+        "",
+    ]
     for condition in settings.conditions:
-        lines += [f"## {condition.name}: {condition.mean_photons:g} signal photons, "
-                  f"{_background_text(condition.mean_background)} background", "",
-                  "| density (µm⁻²) | per field | per frame | method | frames | Jaccard | precision | recall | "
-                  "RMSE xy (nm) | RMSE z (nm) | E3D (%) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {condition.name}: {condition.mean_photons:g} signal photons, "
+            f"{_background_text(condition.mean_background)} background",
+            "",
+            "| density (µm⁻²) | per field | per frame | method | frames | Jaccard | precision | recall | "
+            "RMSE xy (nm) | RMSE z (nm) | E3D (%) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for row in (r for r in results.rows if r["condition"] == condition.name):
             lines.append(
                 f"| {row['density_per_um2']:.4f} | {row['count_per_field']} | {row['emitters_per_frame']:.2f} | "
@@ -264,29 +336,41 @@ def markdown_report(command: str, checkpoints: Sequence[Evaluated], settings: Sw
                 f"{_pm(row['precision'], row['precision_std'], 3)} | {_pm(row['recall'], row['recall_std'], 3)} | "
                 f"{_pm(row['rmse_lat_nm'], row['rmse_lat_nm_std'], 1)} | "
                 f"{_pm(row['rmse_ax_nm'], row['rmse_ax_nm_std'], 1)} | "
-                f"{_pm(row['efficiency_3d'], row['efficiency_3d_std'], 1)} |")
+                f"{_pm(row['efficiency_3d'], row['efficiency_3d_std'], 1)} |"
+            )
         for bound in (b for b in results.crlb if b["condition"] == condition.name):
             if "lat_nm" in bound:
-                lines += ["", f"CRLB of test set `{bound['test_set']}` ({', '.join(bound['labels'])}), mean over "
-                              f"{len(bound['z_um'])} depths: lateral {np.mean(bound['lat_nm']):.1f} nm "
-                              f"(x {np.mean(bound['x_nm']):.1f}, y {np.mean(bound['y_nm']):.1f}), "
-                              f"axial {np.mean(bound['ax_nm']):.1f} nm."]
+                lines += [
+                    "",
+                    f"CRLB of test set `{bound['test_set']}` ({', '.join(bound['labels'])}), mean over "
+                    f"{len(bound['z_um'])} depths: lateral {np.mean(bound['lat_nm']):.1f} nm "
+                    f"(x {np.mean(bound['x_nm']):.1f}, y {np.mean(bound['y_nm']):.1f}), "
+                    f"axial {np.mean(bound['ax_nm']):.1f} nm.",
+                ]
             else:
                 lines += ["", f"No CRLB for test set `{bound['test_set']}`: the background is not uniform."]
         lines.append("")
     if results.skipped:
         lines += ["## Skipped", ""]
-        lines += [f"* {s['label']}, {s['condition']}, {s['count_per_field']} per field: {s['reason']}"
-                  for s in results.skipped]
+        lines += [
+            f"* {s['label']}, {s['condition']}, {s['count_per_field']} per field: {s['reason']}"
+            for s in results.skipped
+        ]
         lines.append("")
     lines += ["## Figures", ""]
     for name, (_, title) in DENSITY_PLOTS.items():
         lines += [f"![{title} against density]({name})", ""]
-    lines += [f"![RMSE against depth at {depth_count} per field, with the CRLB]({DEPTH_PLOT})", "",
-              "## Time", ""]
+    lines += [
+        f"![RMSE against depth at {depth_count} per field, with the CRLB]({DEPTH_PLOT})",
+        "",
+        "## Time",
+        "",
+    ]
     for timing in results.timing:
-        lines.append(f"* {timing['label']}, {timing['condition']}, {timing['count_per_field']} per field: "
-                     f"{timing['seconds'] / max(1, timing['frames']):.3f} s per frame ({timing['frames']} frames)")
+        lines.append(
+            f"* {timing['label']}, {timing['condition']}, {timing['count_per_field']} per field: "
+            f"{timing['seconds'] / max(1, timing['frames']):.3f} s per frame ({timing['frames']} frames)"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -300,23 +384,34 @@ def depth_plot_count(settings: SweepSettings, requested: int | None = None) -> i
     return min(non_zero) if non_zero else settings.counts[0]
 
 
-def write_outputs(out: Path, checkpoints: Sequence[Evaluated], settings: SweepSettings, results: SweepResults,
-                  command: str, overwrite: bool = False, depth_count: int | None = None) -> dict[str, Any]:
+def write_outputs(
+    out: Path,
+    checkpoints: Sequence[Evaluated],
+    settings: SweepSettings,
+    results: SweepResults,
+    command: str,
+    overwrite: bool = False,
+    depth_count: int | None = None,
+) -> dict[str, Any]:
     """Write every file of :data:`OUTPUT_FILES` into ``out``; returns the content of ``results.json``."""
     out.mkdir(parents=True, exist_ok=True)
     depth_count = depth_plot_count(settings, depth_count)
-    summary = json_safe({
-        "command": command,
-        "checkpoints": [item.describe(settings.threshold) for item in checkpoints],
-        "settings": settings.to_dict(),
-        "columns": list(ROW_COLUMNS),
-        "rows": results.rows,
-        "rmse_vs_z": results.depth_rows,
-        "crlb": results.crlb,
-        "skipped": results.skipped,
-        "timing": results.timing,
-    })
-    atomic_write(out / "results.json", lambda p: p.write_text(json.dumps(summary, indent=1)), overwrite=overwrite)
+    summary = json_safe(
+        {
+            "command": command,
+            "checkpoints": [item.describe(settings.threshold) for item in checkpoints],
+            "settings": settings.to_dict(),
+            "columns": list(ROW_COLUMNS),
+            "rows": results.rows,
+            "rmse_vs_z": results.depth_rows,
+            "crlb": results.crlb,
+            "skipped": results.skipped,
+            "timing": results.timing,
+        }
+    )
+    atomic_write(
+        out / "results.json", lambda p: p.write_text(json.dumps(summary, indent=1)), overwrite=overwrite
+    )
     atomic_write(out / "results.csv", _write_csv(results.rows, ROW_COLUMNS), overwrite=overwrite)
     atomic_write(out / "rmse_vs_z.csv", _write_csv(results.depth_rows, Z_COLUMNS), overwrite=overwrite)
     for name, (score, ylabel) in DENSITY_PLOTS.items():

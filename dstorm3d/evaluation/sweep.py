@@ -61,19 +61,67 @@ log = logging.getLogger(__name__)
 
 NETWORK, BASELINE = "network", "matching_pursuit"
 #: EmitterSampler fields a user may set through ``emitters``; the sweep sets counts and photons itself.
-EMITTER_OPTIONS = ("z_range_um", "label_min_photons", "min_distance_um", "margin_px", "max_emitters", "max_tries")
-#: Scores of a point, each reported pooled over its frames and as the standard deviation over frames.
-SCORES = ("jaccard", "precision", "recall", "rmse_lat_nm", "rmse_ax_nm", "rmse_3d_nm", "efficiency_lat",
-          "efficiency_ax", "efficiency_3d")
-ROW_COLUMNS = (
-    "label", "method", "checkpoint", "test_set", "condition", "photons", "background_per_px", "count_per_field",
-    "density_per_um2", "frame_height", "frame_width", "expected_per_frame", "emitters_per_frame", "frames",
-    *[name for score in SCORES for name in (score, f"{score}_std")],
-    "tp", "fp", "fn", "bias_x_nm", "bias_y_nm", "bias_z_nm",
+EMITTER_OPTIONS = (
+    "z_range_um",
+    "label_min_photons",
+    "min_distance_um",
+    "margin_px",
+    "max_emitters",
+    "max_tries",
 )
-Z_COLUMNS = ("label", "method", "test_set", "condition", "count_per_field", "density_per_um2", "z_low_um",
-             "z_high_um", "z_um", "truths", "pairs", "recall", "rmse_lat_nm", "rmse_ax_nm", "crlb_lat_nm",
-             "crlb_ax_nm")
+#: Scores of a point, each reported pooled over its frames and as the standard deviation over frames.
+SCORES = (
+    "jaccard",
+    "precision",
+    "recall",
+    "rmse_lat_nm",
+    "rmse_ax_nm",
+    "rmse_3d_nm",
+    "efficiency_lat",
+    "efficiency_ax",
+    "efficiency_3d",
+)
+ROW_COLUMNS = (
+    "label",
+    "method",
+    "checkpoint",
+    "test_set",
+    "condition",
+    "photons",
+    "background_per_px",
+    "count_per_field",
+    "density_per_um2",
+    "frame_height",
+    "frame_width",
+    "expected_per_frame",
+    "emitters_per_frame",
+    "frames",
+    *[name for score in SCORES for name in (score, f"{score}_std")],
+    "tp",
+    "fp",
+    "fn",
+    "bias_x_nm",
+    "bias_y_nm",
+    "bias_z_nm",
+)
+Z_COLUMNS = (
+    "label",
+    "method",
+    "test_set",
+    "condition",
+    "count_per_field",
+    "density_per_um2",
+    "z_low_um",
+    "z_high_um",
+    "z_um",
+    "truths",
+    "pairs",
+    "recall",
+    "rmse_lat_nm",
+    "rmse_ax_nm",
+    "crlb_lat_nm",
+    "crlb_ax_nm",
+)
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -87,23 +135,32 @@ class Condition:
     camera: dict[str, Any]
 
     @classmethod
-    def from_config(cls, data: Mapping[str, Any], camera: Mapping[str, Any], index: int) -> "Condition":
+    def from_config(cls, data: Mapping[str, Any], camera: Mapping[str, Any], index: int) -> Condition:
         """``{name, photons: number | {kind, ...}, background: number | [lo, hi] | {kind, ...}, camera?}``."""
         data = dict(data)
         unknown = set(data) - {"name", "photons", "background", "camera"}
         if unknown or "photons" not in data or "background" not in data:
-            raise UserInputError(f"conditions[{index}] needs photons and background (and optionally name, camera), "
-                                 f"got keys {sorted(data)}")
+            raise UserInputError(
+                f"conditions[{index}] needs photons and background (and optionally name, camera), "
+                f"got keys {sorted(data)}"
+            )
         photons = data["photons"]
         photons = {"kind": "fixed", "value": float(photons)} if is_number(photons) else dict(photons)
         background = data["background"]
         if is_number(background) or isinstance(background, (list, tuple)):
             background = {"kind": "uniform", "level": background}
-        name = str(data.get("name") or f"{_number(_mean_photons(photons))}ph_{_number(background.get('level'))}bg")
+        name = str(
+            data.get("name") or f"{_number(_mean_photons(photons))}ph_{_number(background.get('level'))}bg"
+        )
         condition = cls(name, photons, dict(background), dict(data.get("camera") or camera))
         try:  # validate now, with one line for the user
-            EmitterSampler(frame_shape=(4, 4), pixel_size_um=0.1, z_range_um=(0.0, 1.0), count_range=(0, 0),
-                           photons=condition.photons)
+            EmitterSampler(
+                frame_shape=(4, 4),
+                pixel_size_um=0.1,
+                z_range_um=(0.0, 1.0),
+                count_range=(0, 0),
+                photons=condition.photons,
+            )
             background_from_config(condition.background)
             camera_from_config(condition.camera)
         except (ValueError, TypeError) as exc:
@@ -125,8 +182,14 @@ class Condition:
         return float(np.mean(level)) if isinstance(level, (list, tuple)) else float(level)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "photons": self.photons, "background": self.background, "camera": self.camera,
-                "mean_photons": self.mean_photons, "mean_background_per_px": self.mean_background}
+        return {
+            "name": self.name,
+            "photons": self.photons,
+            "background": self.background,
+            "camera": self.camera,
+            "mean_photons": self.mean_photons,
+            "mean_background_per_px": self.mean_background,
+        }
 
 
 def _number(value: Any) -> str:
@@ -190,15 +253,25 @@ class SweepSettings:
     baseline: BaselineOptions = field(default_factory=BaselineOptions)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"counts": list(self.counts), "frames": self.frames, "seed": self.seed,
-                "reference_field_px": self.reference_field_px,
-                "conditions": [c.to_dict() for c in self.conditions],
-                "frame_shape": None if self.frame_shape is None else list(self.frame_shape),
-                "blur_sigma_px": self.blur_sigma_px, "optics": dict(self.optics_changes),
-                "emitters": dict(self.emitters), "matching_nm": self.matching_nm, "z_bins": self.z_bins,
-                "batch_size": self.batch_size, "tile": self.tile, "threshold": self.threshold,
-                "device": self.device, "crlb_window": self.crlb_window,
-                "baseline": {k: getattr(self.baseline, k) for k in self.baseline.__dataclass_fields__}}
+        return {
+            "counts": list(self.counts),
+            "frames": self.frames,
+            "seed": self.seed,
+            "reference_field_px": self.reference_field_px,
+            "conditions": [c.to_dict() for c in self.conditions],
+            "frame_shape": None if self.frame_shape is None else list(self.frame_shape),
+            "blur_sigma_px": self.blur_sigma_px,
+            "optics": dict(self.optics_changes),
+            "emitters": dict(self.emitters),
+            "matching_nm": self.matching_nm,
+            "z_bins": self.z_bins,
+            "batch_size": self.batch_size,
+            "tile": self.tile,
+            "threshold": self.threshold,
+            "device": self.device,
+            "crlb_window": self.crlb_window,
+            "baseline": {k: getattr(self.baseline, k) for k in self.baseline.__dataclass_fields__},
+        }
 
 
 # ---------------------------------------------------------------------------------------------- physics
@@ -217,9 +290,13 @@ class Physics:
     def key(self) -> str:
         """12 hex digits identifying the frames this physics renders (shared by identical checkpoints)."""
         digest = hashlib.blake2b(digest_size=6)
-        description = {"setup": self.setup.to_dict(), "frame_shape": list(self.frame_shape),
-                       "blur_sigma_px": self.blur_sigma_px, "pixel_integration": self.pixel_integration,
-                       "render_window": self.render_window}
+        description = {
+            "setup": self.setup.to_dict(),
+            "frame_shape": list(self.frame_shape),
+            "blur_sigma_px": self.blur_sigma_px,
+            "pixel_integration": self.pixel_integration,
+            "render_window": self.render_window,
+        }
         digest.update(json.dumps(description, sort_keys=True).encode())
         digest.update(self.phase_mask.numpy().astype(np.float32).tobytes())
         return digest.hexdigest()
@@ -230,17 +307,26 @@ class Physics:
         return None if self.blur_sigma_px is None else 0.5 * (self.blur_sigma_px[0] + self.blur_sigma_px[1])
 
     def simulator(self, camera: Mapping[str, Any]) -> FrameSimulator:
-        simulation = {"frame_shape": list(self.frame_shape), "camera": dict(camera),
-                      "pixel_integration": self.pixel_integration, "render_window": self.render_window}
+        simulation = {
+            "frame_shape": list(self.frame_shape),
+            "camera": dict(camera),
+            "pixel_integration": self.pixel_integration,
+            "render_window": self.render_window,
+        }
         return FrameSimulator(self.setup, self.phase_mask, simulation)
 
     def pupil(self, dtype: torch.dtype = torch.float64) -> PupilModel:
         return PupilModel(self.setup, self.phase_mask, dtype=dtype)
 
     def describe(self) -> dict[str, Any]:
-        return {"key": self.key, "setup": self.setup.to_dict(), "frame_shape": list(self.frame_shape),
-                "blur_sigma_px": None if self.blur_sigma_px is None else list(self.blur_sigma_px),
-                "pixel_integration": self.pixel_integration, "render_window": self.render_window}
+        return {
+            "key": self.key,
+            "setup": self.setup.to_dict(),
+            "frame_shape": list(self.frame_shape),
+            "blur_sigma_px": None if self.blur_sigma_px is None else list(self.blur_sigma_px),
+            "pixel_integration": self.pixel_integration,
+            "render_window": self.render_window,
+        }
 
 
 def _blur_range(value: Any) -> tuple[float, float] | None:
@@ -249,8 +335,10 @@ def _blur_range(value: Any) -> tuple[float, float] | None:
         return None
     pair = [value, value] if is_number(value) else list(value) if isinstance(value, (list, tuple)) else []
     if len(pair) != 2 or not all(is_number(v) for v in pair) or not 0 <= pair[0] <= pair[1]:
-        raise UserInputError(f"blur_sigma_px must be checkpoint, null, a number or [lo, hi] with 0 ≤ lo ≤ hi "
-                             f"(pixels), got {value!r}")
+        raise UserInputError(
+            f"blur_sigma_px must be checkpoint, null, a number or [lo, hi] with 0 ≤ lo ≤ hi "
+            f"(pixels), got {value!r}"
+        )
     return float(pair[0]), float(pair[1])
 
 
@@ -261,24 +349,36 @@ def checkpoint_physics(module: Any, settings: SweepSettings) -> Physics:
     simulation = dict(module.hparams.simulation)
     setup = module.optical_setup
     if settings.optics_changes:
-        changes = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in settings.optics_changes.items()}
+        changes = {
+            k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in settings.optics_changes.items()
+        }
         if "pupil_grid" in changes and int(changes["pupil_grid"]) != setup.pupil_grid:
-            raise UserInputError("optics.pupil_grid cannot change: the checkpoint's phase mask is drawn for "
-                                 f"{setup.pupil_grid}² pupil samples")
+            raise UserInputError(
+                "optics.pupil_grid cannot change: the checkpoint's phase mask is drawn for "
+                f"{setup.pupil_grid}² pupil samples"
+            )
         try:
             setup = setup.replace(**changes)
         except TypeError as exc:
             raise UserInputError(f"optics: {exc}") from None
     frame_shape = settings.frame_shape or tuple(int(v) for v in simulation.get("frame_shape") or (121, 121))
-    blur = simulation.get("blur_sigma_px") if settings.blur_sigma_px == "checkpoint" else settings.blur_sigma_px
+    blur = (
+        simulation.get("blur_sigma_px") if settings.blur_sigma_px == "checkpoint" else settings.blur_sigma_px
+    )
     render_window = simulation.get("render_window")
     pixel_integration = bool(simulation.get("pixel_integration", False))
     filtering = blur is not None or pixel_integration
     if render_window is None and max(frame_shape) + (16 if filtering else 0) > setup.pupil_grid:
         render_window = setup.pupil_grid  # one whole DFT period around each emitter: nothing is dropped
     mask = module.phase_mask().detach().to("cpu", torch.float32).clone()
-    return Physics(setup, mask, (int(frame_shape[0]), int(frame_shape[1])), _blur_range(blur), pixel_integration,
-                   None if render_window is None else int(render_window))
+    return Physics(
+        setup,
+        mask,
+        (int(frame_shape[0]), int(frame_shape[1])),
+        _blur_range(blur),
+        pixel_integration,
+        None if render_window is None else int(render_window),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- test sets
@@ -313,16 +413,18 @@ def noise_generator(seed: int, condition: str, count: int, index: int) -> torch.
     return torch.Generator().manual_seed(stream_seed("evaluate", seed, condition, count, index))
 
 
-def build_test_set(physics: Physics, condition: Condition, count: int, settings: SweepSettings,
-                   frames: int | None = None) -> TestSet:
+def build_test_set(
+    physics: Physics, condition: Condition, count: int, settings: SweepSettings, frames: int | None = None
+) -> TestSet:
     """The ``frames`` (default ``settings.frames``) frames of one point (see the module docstring)."""
     height, width = physics.frame_shape
-    expected = count * height * width / settings.reference_field_px ** 2
+    expected = count * height * width / settings.reference_field_px**2
     whole = math.floor(expected)
     options = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in settings.emitters.items()}
     try:
-        sampler = EmitterSampler.from_setup(physics.setup, physics.frame_shape, count_range=(0, 0),
-                                            photons=condition.photons, **options)
+        sampler = EmitterSampler.from_setup(
+            physics.setup, physics.frame_shape, count_range=(0, 0), photons=condition.photons, **options
+        )
         background = background_from_config(condition.background)
         simulator = physics.simulator(condition.camera)
     except (ValueError, TypeError) as exc:
@@ -332,11 +434,17 @@ def build_test_set(physics: Physics, condition: Condition, count: int, settings:
         rng = emitter_rng(settings.seed, count, index)
         n = whole + int(rng.random() < expected - whole)
         sample = replace(sampler, count_range=(n, n)).sample(rng)
-        item = {"xyz": sample["xyz"].astype(np.float32), "photons": sample["photons"].astype(np.float32),
-                "labelled": sample["labelled"].astype(bool), "index": np.int64(index)}
+        item = {
+            "xyz": sample["xyz"].astype(np.float32),
+            "photons": sample["photons"].astype(np.float32),
+            "labelled": sample["labelled"].astype(bool),
+            "index": np.int64(index),
+        }
         if physics.blur_sigma_px is not None:
-            item["blur_sigma"] = rng.uniform(*physics.blur_sigma_px, len(sample["photons"])).astype(np.float32)
-        generator = torch.Generator().manual_seed(int(rng.integers(0, 2 ** 62)))
+            item["blur_sigma"] = rng.uniform(*physics.blur_sigma_px, len(sample["photons"])).astype(
+                np.float32
+            )
+        generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
         item["background"] = background(1, physics.frame_shape, generator=generator)[0].numpy()
         items.append(item)
     rendered = []
@@ -345,29 +453,39 @@ def build_test_set(physics: Physics, condition: Condition, count: int, settings:
             batch = collate_samples([item])
             # an empty frame is its background (render_frames cannot filter zero emitters)
             mu = simulator.expected_photons(batch) if len(item["photons"]) else batch["background"]
-            rendered.append(simulator.camera.sample(mu, generator=noise_generator(settings.seed, condition.name,
-                                                                                   count, index))[0])
+            rendered.append(
+                simulator.camera.sample(
+                    mu, generator=noise_generator(settings.seed, condition.name, count, index)
+                )[0]
+            )
     counts = torch.stack(rendered)
     photons = simulator.camera.to_photons(counts).to(torch.float32)
     return TestSet(counts, photons, batch_emitters(collate_samples(items)), count, expected)
 
 
 # ---------------------------------------------------------------------------------------------- localizers
-def localize_with_network(module: Any, frames: Tensor, batch_size: int, device: torch.device,
-                          tile: int | None = None, threshold: float | None = None) -> Emitters:
+def localize_with_network(
+    module: Any,
+    frames: Tensor,
+    batch_size: int,
+    device: torch.device,
+    tile: int | None = None,
+    threshold: float | None = None,
+) -> Emitters:
     """The network's localizations (CPU) in ``frames`` (camera counts), ``batch_size`` frames at a time."""
     from dstorm3d.inference.tiling import localize_frames
 
     found = []
     with torch.inference_mode():
         for start in range(0, frames.shape[0], batch_size):
-            batch = frames[start:start + batch_size].to(device)
+            batch = frames[start : start + batch_size].to(device)
             found.append(localize_frames(module, batch, tile=tile, threshold=threshold).to("cpu"))
     return Emitters.cat(found)
 
 
-def localize_with_baseline(pupil: PupilModel, zstack: Any, test_set: TestSet, frames: int,
-                           options: BaselineOptions, physics: Physics) -> Emitters:
+def localize_with_baseline(
+    pupil: PupilModel, zstack: Any, test_set: TestSet, frames: int, options: BaselineOptions, physics: Physics
+) -> Emitters:
     """Matching pursuit on the first ``frames`` frames (photons), in fixed chunks of ``batch_frames``."""
     from dstorm3d.evaluation.fitting import matching_pursuit
 
@@ -376,12 +494,19 @@ def localize_with_baseline(pupil: PupilModel, zstack: Any, test_set: TestSet, fr
     device = pupil.kappa.device
     found = []
     for start in range(0, frames, options.batch_frames):
-        chunk = test_set.photons[start:min(frames, start + options.batch_frames)].to(device, torch.float64)
-        result = matching_pursuit(pupil, chunk, max_emitters, window=options.window,
-                                  min_log_likelihood_ratio=options.min_log_likelihood_ratio,
-                                  refit=options.refit, max_iterations=options.max_iterations,
-                                  blur_sigma_px=physics.blur_centre_px,
-                                  pixel_integration=physics.pixel_integration, zstack=zstack)
+        chunk = test_set.photons[start : min(frames, start + options.batch_frames)].to(device, torch.float64)
+        result = matching_pursuit(
+            pupil,
+            chunk,
+            max_emitters,
+            window=options.window,
+            min_log_likelihood_ratio=options.min_log_likelihood_ratio,
+            refit=options.refit,
+            max_iterations=options.max_iterations,
+            blur_sigma_px=physics.blur_centre_px,
+            pixel_integration=physics.pixel_integration,
+            zstack=zstack,
+        )
         found.append(result.to("cpu", torch.float32))
     return Emitters.cat(found)
 
@@ -408,9 +533,12 @@ def score_point(pred: Emitters, truth: Emitters, matching_nm: float) -> dict[str
     frame = per_frame_scores(pred, truth, threshold_nm=matching_nm)
     percent = 100.0 * frame.jaccard
     per_frame = {
-        "jaccard": frame.jaccard, "precision": _ratio(frame.tp, frame.tp + frame.fp),
-        "recall": _ratio(frame.tp, frame.tp + frame.fn), "rmse_lat_nm": frame.rmse_lat_nm,
-        "rmse_ax_nm": frame.rmse_ax_nm, "rmse_3d_nm": frame.rmse_3d_nm,
+        "jaccard": frame.jaccard,
+        "precision": _ratio(frame.tp, frame.tp + frame.fp),
+        "recall": _ratio(frame.tp, frame.tp + frame.fn),
+        "rmse_lat_nm": frame.rmse_lat_nm,
+        "rmse_ax_nm": frame.rmse_ax_nm,
+        "rmse_3d_nm": frame.rmse_3d_nm,
         "efficiency_lat": efficiency(percent, frame.rmse_lat_nm, ALPHA_LATERAL),
         "efficiency_ax": efficiency(percent, frame.rmse_ax_nm, ALPHA_AXIAL),
     }
@@ -432,7 +560,9 @@ def z_edges(settings: SweepSettings, setup: OpticalSetup) -> np.ndarray:
     return np.linspace(float(z_range[0]), float(z_range[1]), settings.z_bins + 1)
 
 
-def score_by_depth(pred: Emitters, truth: Emitters, matching_nm: float, edges: np.ndarray) -> list[dict[str, float]]:
+def score_by_depth(
+    pred: Emitters, truth: Emitters, matching_nm: float, edges: np.ndarray
+) -> list[dict[str, float]]:
     """Per depth bin of the true z: truths, matched pairs, recall and RMSE lateral/axial (nm)."""
     preds, truths = pred.per_frame(), truth.per_frame(labelled_only=True)
     dim = (truth.valid & ~truth.labelled).cpu()
@@ -440,12 +570,13 @@ def score_by_depth(pred: Emitters, truth: Emitters, matching_nm: float, edges: n
     true_z, pair_z, squared_lat, squared_ax = [], [], [], []
     for index, (p, g) in enumerate(zip(preds, truths)):
         unlabelled = xyz[index][dim[index]].numpy()
-        match = match_frame(p, g, threshold_nm=matching_nm,
-                            unlabelled_xyz_um=unlabelled if len(unlabelled) else None)
+        match = match_frame(
+            p, g, threshold_nm=matching_nm, unlabelled_xyz_um=unlabelled if len(unlabelled) else None
+        )
         true_z.append(g[:, 2])
         pair_z.append(g[match.gt_idx, 2])
-        squared_lat.append(match.dx_nm ** 2 + match.dy_nm ** 2)
-        squared_ax.append(match.dz_nm ** 2)
+        squared_lat.append(match.dx_nm**2 + match.dy_nm**2)
+        squared_ax.append(match.dz_nm**2)
     true_z, pair_z = np.concatenate(true_z), np.concatenate(pair_z)
     squared_lat, squared_ax = np.concatenate(squared_lat), np.concatenate(squared_ax)
     rows = []
@@ -454,11 +585,18 @@ def score_by_depth(pred: Emitters, truth: Emitters, matching_nm: float, edges: n
         in_truth = (true_z >= low) & ((true_z <= high) if last else (true_z < high))
         in_pairs = (pair_z >= low) & ((pair_z <= high) if last else (pair_z < high))
         pairs = int(in_pairs.sum())
-        rows.append({"z_low_um": float(low), "z_high_um": float(high), "z_um": float(0.5 * (low + high)),
-                     "truths": int(in_truth.sum()), "pairs": pairs,
-                     "recall": pairs / int(in_truth.sum()) if in_truth.any() else float("nan"),
-                     "rmse_lat_nm": float(np.sqrt(squared_lat[in_pairs].mean())) if pairs else float("nan"),
-                     "rmse_ax_nm": float(np.sqrt(squared_ax[in_pairs].mean())) if pairs else float("nan")})
+        rows.append(
+            {
+                "z_low_um": float(low),
+                "z_high_um": float(high),
+                "z_um": float(0.5 * (low + high)),
+                "truths": int(in_truth.sum()),
+                "pairs": pairs,
+                "recall": pairs / int(in_truth.sum()) if in_truth.any() else float("nan"),
+                "rmse_lat_nm": float(np.sqrt(squared_lat[in_pairs].mean())) if pairs else float("nan"),
+                "rmse_ax_nm": float(np.sqrt(squared_ax[in_pairs].mean())) if pairs else float("nan"),
+            }
+        )
     return rows
 
 
@@ -474,11 +612,12 @@ def read_noise_variance(camera: Mapping[str, Any]) -> float:
     if values.shape == (2,):  # a range: E[σ²] for σ uniform in [lo, hi]
         lo, hi = values
         return float((lo * lo + lo * hi + hi * hi) / 3.0)
-    return float(np.mean(values ** 2))
+    return float(np.mean(values**2))
 
 
-def depth_bounds(pupil: PupilModel, physics: Physics, condition: Condition, z_um: np.ndarray,
-                 window: int | None) -> dict[str, np.ndarray] | None:
+def depth_bounds(
+    pupil: PupilModel, physics: Physics, condition: Condition, z_um: np.ndarray, window: int | None
+) -> dict[str, np.ndarray] | None:
     """CRLB (nm) at depths ``z_um`` for the condition's mean photons and background: ``x_nm``, ``y_nm``,
     ``z_nm``, ``lat_nm`` = √(σx² + σy²) (comparable with RMSE_lat), ``ax_nm``; ``None`` without a uniform
     background. A readout camera's Gaussian read noise of variance σ² enters as σ² photons of extra Poisson
@@ -488,8 +627,16 @@ def depth_bounds(pupil: PupilModel, physics: Physics, condition: Condition, z_um
         return None
     background += read_noise_variance(condition.camera)
     emccd = condition.camera.get("kind") == "emccd"
-    bound = crlb(pupil, z_um, condition.mean_photons, background, window=window, emccd=emccd,
-                 blur_sigma_px=physics.blur_centre_px, pixel_integration=physics.pixel_integration)
+    bound = crlb(
+        pupil,
+        z_um,
+        condition.mean_photons,
+        background,
+        window=window,
+        emccd=emccd,
+        blur_sigma_px=physics.blur_centre_px,
+        pixel_integration=physics.pixel_integration,
+    )
     return {**bound, "lat_nm": np.hypot(bound["x_nm"], bound["y_nm"]), "ax_nm": bound["z_nm"]}
 
 
@@ -507,11 +654,17 @@ class Evaluated:
         hp = self.module.hparams
         learned = getattr(type(self.module), "learnable_mask", False)
         mask = f"learned (from {hp.get('mask_source')})" if learned else hp.get("mask_source")
-        return {"label": self.label, "path": self.path, "kind": type(self.module).__name__,
-                "head": hp.head["kind"], "mask": mask,
-                "training_frame_shape": list(hp.simulation.get("frame_shape") or []),
-                "threshold": float(self.module.threshold) if threshold is None else float(threshold),
-                "test_set": self.physics.key, "physics": self.physics.describe()}
+        return {
+            "label": self.label,
+            "path": self.path,
+            "kind": type(self.module).__name__,
+            "head": hp.head["kind"],
+            "mask": mask,
+            "training_frame_shape": list(hp.simulation.get("frame_shape") or []),
+            "threshold": float(self.module.threshold) if threshold is None else float(threshold),
+            "test_set": self.physics.key,
+            "physics": self.physics.describe(),
+        }
 
 
 @dataclass
@@ -564,61 +717,141 @@ def run_sweep(checkpoints: Sequence[Evaluated], settings: SweepSettings) -> Swee
         zstack = None
         for condition in settings.conditions:
             bound = depth_bounds(pupil, physics, condition, centres, settings.crlb_window)
-            results.crlb.append({"test_set": key, "labels": [m.label for m in members], "condition": condition.name,
-                                 "z_um": centres.tolist(),
-                                 **({k: np.asarray(v).tolist() for k, v in bound.items()} if bound else {})})
+            results.crlb.append(
+                {
+                    "test_set": key,
+                    "labels": [m.label for m in members],
+                    "condition": condition.name,
+                    "z_um": centres.tolist(),
+                    **({k: np.asarray(v).tolist() for k, v in bound.items()} if bound else {}),
+                }
+            )
             for count in settings.counts:
                 started = time.perf_counter()
                 test_set = build_test_set(physics, condition, count, settings)
-                log.info("test set %s / %s / %d per field: %d frames in %.1f s", key, condition.name, count,
-                         settings.frames, time.perf_counter() - started)
-                point = {"test_set": key, "condition": condition.name, "photons": condition.mean_photons,
-                         "background_per_px": condition.mean_background, "count_per_field": count,
-                         "density_per_um2": count / area, "frame_height": physics.frame_shape[0],
-                         "frame_width": physics.frame_shape[1], "expected_per_frame": test_set.expected_per_frame}
+                log.info(
+                    "test set %s / %s / %d per field: %d frames in %.1f s",
+                    key,
+                    condition.name,
+                    count,
+                    settings.frames,
+                    time.perf_counter() - started,
+                )
+                point = {
+                    "test_set": key,
+                    "condition": condition.name,
+                    "photons": condition.mean_photons,
+                    "background_per_px": condition.mean_background,
+                    "count_per_field": count,
+                    "density_per_um2": count / area,
+                    "frame_height": physics.frame_shape[0],
+                    "frame_width": physics.frame_shape[1],
+                    "expected_per_frame": test_set.expected_per_frame,
+                }
                 runs: list[tuple[int, str, str, str, Emitters, Emitters]] = []
                 for item in members:
                     started = time.perf_counter()
-                    pred = localize_with_network(item.module, test_set.frames, settings.batch_size, device,
-                                                 settings.tile, settings.threshold)
-                    results.timing.append({"label": item.label, "method": NETWORK, "condition": condition.name,
-                                           "count_per_field": count, "frames": settings.frames,
-                                           "seconds": time.perf_counter() - started})
+                    pred = localize_with_network(
+                        item.module,
+                        test_set.frames,
+                        settings.batch_size,
+                        device,
+                        settings.tile,
+                        settings.threshold,
+                    )
+                    results.timing.append(
+                        {
+                            "label": item.label,
+                            "method": NETWORK,
+                            "condition": condition.name,
+                            "count_per_field": count,
+                            "frames": settings.frames,
+                            "seconds": time.perf_counter() - started,
+                        }
+                    )
                     runs.append((order[id(item)], item.label, NETWORK, item.path, pred, test_set.truth))
                 options = settings.baseline
                 if options.enabled and options.max_count is not None and count > options.max_count:
-                    results.skipped.append({"label": mp_label, "method": BASELINE, "condition": condition.name,
-                                            "count_per_field": count,
-                                            "reason": f"count {count} > baseline_max_count {options.max_count}"})
+                    results.skipped.append(
+                        {
+                            "label": mp_label,
+                            "method": BASELINE,
+                            "condition": condition.name,
+                            "count_per_field": count,
+                            "reason": f"count {count} > baseline_max_count {options.max_count}",
+                        }
+                    )
                 elif options.enabled:
                     frames = min(settings.frames, options.max_frames or settings.frames)
                     if zstack is None:
                         from dstorm3d.evaluation.fitting import PsfZStack
 
-                        zstack = PsfZStack(pupil, options.window, options.z_step_um, options.search_z_step_um,
-                                           blur_sigma_px=physics.blur_centre_px,
-                                           pixel_integration=physics.pixel_integration)
+                        zstack = PsfZStack(
+                            pupil,
+                            options.window,
+                            options.z_step_um,
+                            options.search_z_step_um,
+                            blur_sigma_px=physics.blur_centre_px,
+                            pixel_integration=physics.pixel_integration,
+                        )
                     started = time.perf_counter()
                     pred = localize_with_baseline(pupil, zstack, test_set, frames, options, physics)
-                    results.timing.append({"label": mp_label, "method": BASELINE, "condition": condition.name,
-                                           "count_per_field": count, "frames": frames,
-                                           "seconds": time.perf_counter() - started})
-                    runs.append((order[id(members[0])], mp_label, BASELINE, members[0].path, pred,
-                                 test_set.truth.select_frames(slice(0, frames))))
+                    results.timing.append(
+                        {
+                            "label": mp_label,
+                            "method": BASELINE,
+                            "condition": condition.name,
+                            "count_per_field": count,
+                            "frames": frames,
+                            "seconds": time.perf_counter() - started,
+                        }
+                    )
+                    runs.append(
+                        (
+                            order[id(members[0])],
+                            mp_label,
+                            BASELINE,
+                            members[0].path,
+                            pred,
+                            test_set.truth.select_frames(slice(0, frames)),
+                        )
+                    )
                 for owner, label, method, path, pred, truth in runs:
                     sort_key = (conditions[condition.name], method != NETWORK, owner, count)
                     scores = score_point(pred, truth, settings.matching_nm)
                     realised = float(truth.counts(labelled_only=True).double().mean())
-                    keyed_rows.append((sort_key, {"label": label, "method": method, "checkpoint": path, **point,
-                                                  "emitters_per_frame": realised, "frames": truth.batch_size,
-                                                  **scores}))
+                    keyed_rows.append(
+                        (
+                            sort_key,
+                            {
+                                "label": label,
+                                "method": method,
+                                "checkpoint": path,
+                                **point,
+                                "emitters_per_frame": realised,
+                                "frames": truth.batch_size,
+                                **scores,
+                            },
+                        )
+                    )
                     depth = score_by_depth(pred, truth, settings.matching_nm, edges)
                     for z_index, row in enumerate(depth):
-                        keyed_depth_rows.append(((*sort_key, z_index), {
-                            "label": label, "method": method, "test_set": key, "condition": condition.name,
-                            "count_per_field": count, "density_per_um2": count / area, **row,
-                            "crlb_lat_nm": float(bound["lat_nm"][z_index]) if bound else float("nan"),
-                            "crlb_ax_nm": float(bound["ax_nm"][z_index]) if bound else float("nan")}))
+                        keyed_depth_rows.append(
+                            (
+                                (*sort_key, z_index),
+                                {
+                                    "label": label,
+                                    "method": method,
+                                    "test_set": key,
+                                    "condition": condition.name,
+                                    "count_per_field": count,
+                                    "density_per_um2": count / area,
+                                    **row,
+                                    "crlb_lat_nm": float(bound["lat_nm"][z_index]) if bound else float("nan"),
+                                    "crlb_ax_nm": float(bound["ax_nm"][z_index]) if bound else float("nan"),
+                                },
+                            )
+                        )
     results.rows = [row for _, row in sorted(keyed_rows, key=lambda pair: pair[0])]
     results.depth_rows = [row for _, row in sorted(keyed_depth_rows, key=lambda pair: pair[0])]
     return results
@@ -638,7 +871,9 @@ def settings_from_config(cfg: DictConfig) -> SweepSettings:
     """Validated :class:`SweepSettings` from the ``evaluate.yaml`` config (one-line errors)."""
     counts = cfg.get("counts")
     if not counts or any(not is_number(c) or int(c) != c or c < 0 for c in counts):
-        raise UserInputError(f"counts must be a non-empty list of integers ≥ 0 (emitters per field), got {counts}")
+        raise UserInputError(
+            f"counts must be a non-empty list of integers ≥ 0 (emitters per field), got {counts}"
+        )
     conditions_cfg = OmegaConf.to_container(cfg.conditions, resolve=True) if cfg.get("conditions") else []
     if not conditions_cfg:
         raise UserInputError("conditions must list at least one {name, photons, background}")
@@ -651,27 +886,44 @@ def settings_from_config(cfg: DictConfig) -> SweepSettings:
     if frame_shape is not None:
         frame_shape = [frame_shape] * 2 if is_number(frame_shape) else list(frame_shape)
         if len(frame_shape) != 2 or not all(is_number(v) and int(v) == v and v >= 8 for v in frame_shape):
-            raise UserInputError(f"frame_shape must be [H, W] with integers H, W ≥ 8 px (or null), got {frame_shape}")
+            raise UserInputError(
+                f"frame_shape must be [H, W] with integers H, W ≥ 8 px (or null), got {frame_shape}"
+            )
         frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
     blur = cfg.get("blur_sigma_px", "checkpoint")
-    blur = blur if blur in (None, "checkpoint") else _blur_range(
-        OmegaConf.to_container(blur) if OmegaConf.is_config(blur) else blur)
+    blur = (
+        blur
+        if blur in (None, "checkpoint")
+        else _blur_range(OmegaConf.to_container(blur) if OmegaConf.is_config(blur) else blur)
+    )
     emitters = OmegaConf.to_container(cfg.emitters, resolve=True) if cfg.get("emitters") else {}
     emitters = {key: value for key, value in emitters.items() if value is not None}  # null: the default
     unknown = sorted(set(emitters) - set(EMITTER_OPTIONS))
     if unknown:
-        raise UserInputError(f"emitters: unknown key(s) {unknown}; allowed: {list(EMITTER_OPTIONS)} "
-                             "(counts and photons are set by counts= and conditions=)")
+        raise UserInputError(
+            f"emitters: unknown key(s) {unknown}; allowed: {list(EMITTER_OPTIONS)} "
+            "(counts and photons are set by counts= and conditions=)"
+        )
     baseline_cfg = OmegaConf.to_container(cfg.mp, resolve=True) if cfg.get("mp") else {}
-    unknown = sorted(set(baseline_cfg) - set(BaselineOptions.__dataclass_fields__) - {"enabled", "max_frames", "max_count"})
+    unknown = sorted(
+        set(baseline_cfg) - set(BaselineOptions.__dataclass_fields__) - {"enabled", "max_frames", "max_count"}
+    )
     if unknown:
-        raise UserInputError(f"mp: unknown key(s) {unknown}; allowed: {sorted(BaselineOptions.__dataclass_fields__)}")
-    baseline = BaselineOptions(**{**baseline_cfg, "enabled": bool(cfg.get("baseline", True)),
-                                  "max_frames": _optional_int(cfg, "baseline_max_frames"),
-                                  "max_count": _optional_int(cfg, "baseline_max_count", minimum=0)})
+        raise UserInputError(
+            f"mp: unknown key(s) {unknown}; allowed: {sorted(BaselineOptions.__dataclass_fields__)}"
+        )
+    baseline = BaselineOptions(
+        **{
+            **baseline_cfg,
+            "enabled": bool(cfg.get("baseline", True)),
+            "max_frames": _optional_int(cfg, "baseline_max_frames"),
+            "max_count": _optional_int(cfg, "baseline_max_count", minimum=0),
+        }
+    )
     if baseline.window % 2 == 0 or baseline.batch_frames < 1:
-        raise UserInputError(f"mp.window must be odd and mp.batch_frames ≥ 1, got {baseline.window}, "
-                             f"{baseline.batch_frames}")
+        raise UserInputError(
+            f"mp.window must be odd and mp.batch_frames ≥ 1, got {baseline.window}, {baseline.batch_frames}"
+        )
     device = str(cfg.get("device") or "auto")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -686,14 +938,24 @@ def settings_from_config(cfg: DictConfig) -> SweepSettings:
         if cfg.get(key) is None:
             raise UserInputError(f"{key} must be an integer ≥ 1")
     return SweepSettings(
-        counts=tuple(int(c) for c in counts), frames=int(cfg.frames), seed=int(cfg.seed),
-        reference_field_px=int(cfg.reference_field_px), conditions=conditions, frame_shape=frame_shape,
-        blur_sigma_px=blur, optics_changes=OmegaConf.to_container(cfg.optics, resolve=True) if cfg.get("optics") else {},
-        emitters=emitters, matching_nm=number("matching_nm", cfg.matching_nm, above=0.0, example=150),
+        counts=tuple(int(c) for c in counts),
+        frames=int(cfg.frames),
+        seed=int(cfg.seed),
+        reference_field_px=int(cfg.reference_field_px),
+        conditions=conditions,
+        frame_shape=frame_shape,
+        blur_sigma_px=blur,
+        optics_changes=OmegaConf.to_container(cfg.optics, resolve=True) if cfg.get("optics") else {},
+        emitters=emitters,
+        matching_nm=number("matching_nm", cfg.matching_nm, above=0.0, example=150),
         z_bins=int(cfg.z_bins),
-        batch_size=int(cfg.batch_size), tile=_optional_int(cfg, "tile"),
-        threshold=None if cfg.get("threshold") is None else float(cfg.threshold), device=device,
-        crlb_window=_optional_int(cfg, "crlb_window"), baseline=baseline)
+        batch_size=int(cfg.batch_size),
+        tile=_optional_int(cfg, "tile"),
+        threshold=None if cfg.get("threshold") is None else float(cfg.threshold),
+        device=device,
+        crlb_window=_optional_int(cfg, "crlb_window"),
+        baseline=baseline,
+    )
 
 
 def checkpoint_paths(cfg: DictConfig) -> tuple[list[str], list[str]]:

@@ -91,8 +91,14 @@ def read_localizations(path: Path) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------- renders
-def super_resolution_render(x_nm: np.ndarray, y_nm: np.ndarray, z_nm: np.ndarray, field_nm: tuple[float, float],
-                            pixel_nm: float, z_range_nm: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def super_resolution_render(
+    x_nm: np.ndarray,
+    y_nm: np.ndarray,
+    z_nm: np.ndarray,
+    field_nm: tuple[float, float],
+    pixel_nm: float,
+    z_range_nm: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """2-D histogram of localizations with z colour-coded (paper Fig. 3b).
 
     Returns ``rgb (h, w, 3) uint8`` (hue = mean z, brightness = count), ``counts (h, w)`` and
@@ -132,15 +138,21 @@ def overlay_panel(frame: np.ndarray, rendered: np.ndarray) -> np.ndarray:
     return np.concatenate([grey(frame), gap, grey(rendered), gap, (diverging * 255).astype(np.uint8)], axis=1)
 
 
-def save_tiff(array: np.ndarray, path: Path, description: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+def save_tiff(
+    array: np.ndarray, path: Path, description: dict[str, Any] | None = None, overwrite: bool = False
+) -> Path:
     import tifffile
 
     text = json.dumps(description) if description else None
-    return atomic_write(Path(path), lambda p: tifffile.imwrite(p, array, description=text), overwrite=overwrite)
+    return atomic_write(
+        Path(path), lambda p: tifffile.imwrite(p, array, description=text), overwrite=overwrite
+    )
 
 
 def save_json(data: dict[str, Any], path: Path, overwrite: bool = False) -> Path:
-    return atomic_write(Path(path), lambda p: p.write_text(json.dumps(data, indent=2, default=str)), overwrite=overwrite)
+    return atomic_write(
+        Path(path), lambda p: p.write_text(json.dumps(data, indent=2, default=str)), overwrite=overwrite
+    )
 
 
 def existing_outputs(folder: Path, names: Sequence[str]) -> list[Path]:

@@ -54,8 +54,10 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if isinstance(self.baseline, str):
-            raise UserInputError(f"preprocessing.baseline must be a number of counts, got {self.baseline!r} "
-                             "(for a per-frame estimate use subtract_minimum=true)")
+            raise UserInputError(
+                f"preprocessing.baseline must be a number of counts, got {self.baseline!r} "
+                "(for a per-frame estimate use subtract_minimum=true)"
+            )
         for name in ("baseline", "adu_per_photon", "em_gain"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -67,7 +69,9 @@ class Preprocessing:
             raise UserInputError(f"preprocessing.em_gain must be ≥ 1, got {self.em_gain}")
         for name in ("subtract_minimum", "clip_negative"):
             if not isinstance(getattr(self, name), bool):
-                raise UserInputError(f"preprocessing.{name} must be true or false, got {getattr(self, name)!r}")
+                raise UserInputError(
+                    f"preprocessing.{name} must be true or false, got {getattr(self, name)!r}"
+                )
 
     @property
     def counts_per_photon(self) -> float:
@@ -104,7 +108,7 @@ class Preprocessing:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "Preprocessing":
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Preprocessing:
         """Inverse of :meth:`to_dict`; missing keys take their defaults, unknown keys are an error."""
         data = dict(data or {})
         known = [f.name for f in fields(cls)]

@@ -120,8 +120,10 @@ def check_finite(frame: np.ndarray, index: int, where: str = "") -> None:
     if finite.all():
         return
     location = f" ({where})" if where else ""
-    raise RecordingError(f"frame {index}{location} has {finite.size - int(finite.sum())} NaN/inf pixel(s): "
-                         "repair or drop that frame before inference")
+    raise RecordingError(
+        f"frame {index}{location} has {finite.size - int(finite.sum())} NaN/inf pixel(s): "
+        "repair or drop that frame before inference"
+    )
 
 
 class _TiffErrorLog(logging.Handler):
@@ -151,31 +153,44 @@ def _frame_layout(path: Path, series: tifffile.TiffPageSeries, channel: int | No
     """``(n_frames, first_page, page_step)`` of a series whose pages are the C-order planes of its axes."""
     axes, shape = series.axes, tuple(series.shape)
     if "S" in axes or series.pages[0] is not None and series.pages[0].samplesperpixel > 1:
-        raise RecordingError(f"{path.name}: RGB TIFFs are not supported: export a single-channel (grayscale) "
-                             "stack")
+        raise RecordingError(
+            f"{path.name}: RGB TIFFs are not supported: export a single-channel (grayscale) stack"
+        )
     if len(axes) < 2 or axes[-2:] != "YX":
-        raise RecordingError(f"{path.name}: unsupported axes {axes!r} (frames must end in YX): "
-                             "export a plain TIFF stack")
+        raise RecordingError(
+            f"{path.name}: unsupported axes {axes!r} (frames must end in YX): export a plain TIFF stack"
+        )
     plane_axes, plane_shape = axes[:-2], shape[:-2]
-    strides = [math.prod(plane_shape[i + 1:]) for i in range(len(plane_shape))]
-    frame_axes = [(axis, size, stride) for axis, size, stride in zip(plane_axes, plane_shape, strides)
-                  if size > 1 and axis != CHANNEL_AXIS]
+    strides = [math.prod(plane_shape[i + 1 :]) for i in range(len(plane_shape))]
+    frame_axes = [
+        (axis, size, stride)
+        for axis, size, stride in zip(plane_axes, plane_shape, strides)
+        if size > 1 and axis != CHANNEL_AXIS
+    ]
     others = [axis for axis, _, _ in frame_axes if axis not in FRAME_AXES]
     if others:
-        raise RecordingError(f"{path.name}: unsupported axes {', '.join(others)} in {axes!r} (accepted: "
-                             f"{', '.join(FRAME_AXES)} for frames, C for channels, YX): export a single "
-                             "time series")
+        raise RecordingError(
+            f"{path.name}: unsupported axes {', '.join(others)} in {axes!r} (accepted: "
+            f"{', '.join(FRAME_AXES)} for frames, C for channels, YX): export a single "
+            "time series"
+        )
     if len(frame_axes) > 1:
         sizes = " and ".join(f"{axis}={size}" for axis, size, _ in frame_axes)
-        raise RecordingError(f"{path.name}: hyperstack has several frame axes ({sizes}): "
-                             "export a single time series (one z-plane)")
+        raise RecordingError(
+            f"{path.name}: hyperstack has several frame axes ({sizes}): "
+            "export a single time series (one z-plane)"
+        )
     n_channels = shape[axes.index(CHANNEL_AXIS)] if CHANNEL_AXIS in plane_axes else 1
     if channel is None and n_channels > 1:
-        raise RecordingError(f"{path.name}: {n_channels} channels found, one is needed: choose it with "
-                             f"channel=0..{n_channels - 1} (or export a single-channel stack)")
+        raise RecordingError(
+            f"{path.name}: {n_channels} channels found, one is needed: choose it with "
+            f"channel=0..{n_channels - 1} (or export a single-channel stack)"
+        )
     if channel is not None and not 0 <= channel < n_channels:
-        raise RecordingError(f"{path.name}: channel={channel} asked for but the file has {n_channels} "
-                             f"channel(s): use channel=0..{n_channels - 1}")
+        raise RecordingError(
+            f"{path.name}: channel={channel} asked for but the file has {n_channels} "
+            f"channel(s): use channel=0..{n_channels - 1}"
+        )
     first_page = (channel or 0) * strides[plane_axes.index(CHANNEL_AXIS)] if n_channels > 1 else 0
     if not frame_axes:
         return 1, first_page, 1
@@ -183,41 +198,51 @@ def _frame_layout(path: Path, series: tifffile.TiffPageSeries, channel: int | No
     return n_frames, first_page, page_step
 
 
-def _index_file(path: Path, channel: int | None, allow_float: bool
-                ) -> tuple[_FileIndex, tuple[int, int], np.dtype]:
+def _index_file(
+    path: Path, channel: int | None, allow_float: bool
+) -> tuple[_FileIndex, tuple[int, int], np.dtype]:
     """Validate one TIFF file and index its frames; returns the index, frame shape ``(H, W)`` and dtype."""
     with _tifffile_errors() as errors:
         try:
             # _multifile=False: an OME dataset split over several files is read one file at a time
             tif = tifffile.TiffFile(path, _multifile=False)
         except Exception as error:
-            raise RecordingError(f"{path.name} is not a readable TIFF ({_one_line(error)}): check the file, "
-                                 "or export the recording again as TIFF") from error
+            raise RecordingError(
+                f"{path.name} is not a readable TIFF ({_one_line(error)}): check the file, "
+                "or export the recording again as TIFF"
+            ) from error
         try:
             return _index_open_file(path, tif, channel, allow_float, errors)
         except RecordingError:
             raise
         except Exception as error:
-            raise RecordingError(f"{path.name} is not a readable TIFF ({_one_line(error)}): check the file, "
-                                 "or export the recording again as TIFF") from error
+            raise RecordingError(
+                f"{path.name} is not a readable TIFF ({_one_line(error)}): check the file, "
+                "or export the recording again as TIFF"
+            ) from error
         finally:
             tif.close()
 
 
-def _index_open_file(path: Path, tif: tifffile.TiffFile, channel: int | None, allow_float: bool,
-                     errors: _TiffErrorLog) -> tuple[_FileIndex, tuple[int, int], np.dtype]:
+def _index_open_file(
+    path: Path, tif: tifffile.TiffFile, channel: int | None, allow_float: bool, errors: _TiffErrorLog
+) -> tuple[_FileIndex, tuple[int, int], np.dtype]:
     """:func:`_index_file` on an open file; ``errors`` holds what tifffile logged so far."""
     all_series = list(tif.series)
     if errors.messages:
-        raise RecordingError(f"{path.name} is truncated or damaged (tifffile: {_one_line(errors.messages[0])}"
-                             "): copy the file again from its source")
-    numbered_series = [(number, series) for number, series in enumerate(all_series)
-                       if math.prod(series.shape) > 0]
+        raise RecordingError(
+            f"{path.name} is truncated or damaged (tifffile: {_one_line(errors.messages[0])}"
+            "): copy the file again from its source"
+        )
+    numbered_series = [
+        (number, series) for number, series in enumerate(all_series) if math.prod(series.shape) > 0
+    ]
     if not numbered_series:
         raise RecordingError(f"{path.name} holds no frames: check the export")
     if tif.is_ome and len(numbered_series) > 1:
-        raise RecordingError(f"{path.name}: OME-TIFF holds {len(numbered_series)} images (series): "
-                             "export one image per file")
+        raise RecordingError(
+            f"{path.name}: OME-TIFF holds {len(numbered_series)} images (series): export one image per file"
+        )
 
     file_size = os.path.getsize(path)
     segments: list[_Segment] = []
@@ -230,22 +255,36 @@ def _index_open_file(path: Path, tif: tifffile.TiffFile, channel: int | None, al
             frame_shape, dtype = series_shape, series_dtype
             _check_dtype(path, dtype, allow_float)
         elif (series_shape, series_dtype) != (frame_shape, dtype):
-            raise RecordingError(f"{path.name} mixes frames of {_shape_text(frame_shape)} {dtype} and "
-                                 f"{_shape_text(series_shape)} {series_dtype}: export frames of one shape "
-                                 "and type")
+            raise RecordingError(
+                f"{path.name} mixes frames of {_shape_text(frame_shape)} {dtype} and "
+                f"{_shape_text(series_shape)} {series_dtype}: export frames of one shape "
+                "and type"
+            )
         data_offset = series.dataoffset
         if data_offset is not None:
             series_bytes = math.prod(series.shape) * series_dtype.itemsize
             if data_offset + series_bytes > file_size:
-                raise RecordingError(f"{path.name} is truncated ({file_size} bytes, its frames need "
-                                     f"{data_offset + series_bytes}): copy the file again from its source")
+                raise RecordingError(
+                    f"{path.name} is truncated ({file_size} bytes, its frames need "
+                    f"{data_offset + series_bytes}): copy the file again from its source"
+                )
         first = series.pages[0]
         file_page0 = first.index if first is not None else 0
-        segments.append(_Segment(series=number, first_page=first_page, page_step=page_step,
-                                 n_frames=n_frames, file_page0=file_page0, data_offset=data_offset))
+        segments.append(
+            _Segment(
+                series=number,
+                first_page=first_page,
+                page_step=page_step,
+                n_frames=n_frames,
+                file_page0=file_page0,
+                data_offset=data_offset,
+            )
+        )
     if errors.messages:
-        raise RecordingError(f"{path.name} is truncated or damaged (tifffile: {_one_line(errors.messages[0])}"
-                             "): copy the file again from its source")
+        raise RecordingError(
+            f"{path.name} is truncated or damaged (tifffile: {_one_line(errors.messages[0])}"
+            "): copy the file again from its source"
+        )
     assert frame_shape is not None and dtype is not None
     return _FileIndex(path=path, segments=tuple(segments), byteorder=tif.byteorder), frame_shape, dtype
 
@@ -253,11 +292,14 @@ def _index_open_file(path: Path, tif: tifffile.TiffFile, channel: int | None, al
 def _check_dtype(path: Path, dtype: np.dtype, allow_float: bool) -> None:
     if np.issubdtype(dtype, np.floating):
         if not allow_float:
-            raise RecordingError(f"{path.name}: float frames found; counts are expected — pass "
-                                 "allow_float=true if the frames are already in counts")
+            raise RecordingError(
+                f"{path.name}: float frames found; counts are expected — pass "
+                "allow_float=true if the frames are already in counts"
+            )
     elif not np.issubdtype(dtype, np.integer) or dtype == np.bool_:
-        raise RecordingError(f"{path.name}: pixel type {dtype} is not supported: export integer counts "
-                             "(e.g. uint16)")
+        raise RecordingError(
+            f"{path.name}: pixel type {dtype} is not supported: export integer counts (e.g. uint16)"
+        )
 
 
 def _shape_text(shape: tuple[int, int]) -> str:
@@ -266,8 +308,11 @@ def _shape_text(shape: tuple[int, int]) -> str:
 
 def _tiff_files(folder: Path) -> list[Path]:
     """The TIFF files directly in ``folder``, in natural order, hidden files left out."""
-    files = [entry for entry in folder.iterdir()
-             if entry.is_file() and entry.suffix.lower() in TIFF_SUFFIXES and not entry.name.startswith(".")]
+    files = [
+        entry
+        for entry in folder.iterdir()
+        if entry.is_file() and entry.suffix.lower() in TIFF_SUFFIXES and not entry.name.startswith(".")
+    ]
     return natsort.natsorted(files, key=lambda entry: entry.name, alg=natsort.ns.PATH)
 
 
@@ -279,8 +324,14 @@ class Recording:
     :meth:`close`, to release its files; reading after ``close()`` reopens them.
     """
 
-    def __init__(self, path: Path, files: list[_FileIndex], shape: tuple[int, int], dtype: np.dtype,
-                 channel: int | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        files: list[_FileIndex],
+        shape: tuple[int, int],
+        dtype: np.dtype,
+        channel: int | None,
+    ) -> None:
         self.path = path
         self.channel = channel
         self._files = tuple(files)
@@ -333,12 +384,20 @@ class Recording:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data description for run records."""
-        return {"path": str(self.path), "n_files": len(self._files), "n_frames": len(self),
-                "shape": list(self._shape), "dtype": self._dtype.name, "channel": self.channel}
+        return {
+            "path": str(self.path),
+            "n_files": len(self._files),
+            "n_frames": len(self),
+            "shape": list(self._shape),
+            "dtype": self._dtype.name,
+            "channel": self.channel,
+        }
 
     def __repr__(self) -> str:
-        return (f"Recording({str(self.path)!r}, {len(self)} frames of {_shape_text(self._shape)} "
-                f"{self._dtype.name}, {len(self._files)} file(s))")
+        return (
+            f"Recording({str(self.path)!r}, {len(self)} frames of {_shape_text(self._shape)} "
+            f"{self._dtype.name}, {len(self._files)} file(s))"
+        )
 
     # ------------------------------------------------------------------------------------------ reading
     def _check_index(self, index: int) -> int:
@@ -380,9 +439,10 @@ class Recording:
             raise
         except Exception as error:
             where = FrameSource(file.path, segment.file_page0 + page)
-            raise RecordingError(f"frame {frame_index} ({where}) could not be read ({_one_line(error)}): "
-                                 "the file may be truncated or damaged — copy it again from its source"
-                                 ) from error
+            raise RecordingError(
+                f"frame {frame_index} ({where}) could not be read ({_one_line(error)}): "
+                "the file may be truncated or damaged — copy it again from its source"
+            ) from error
         if frame.dtype != self._dtype:
             frame = frame.astype(self._dtype)
         check_finite(frame, frame_index, str(FrameSource(file.path, segment.file_page0 + page)))
@@ -396,8 +456,10 @@ class Recording:
         handle.seek(data_offset + page * frame.nbytes)
         n_read = handle.readinto(memoryview(frame).cast("B"))
         if n_read != frame.nbytes:
-            raise RecordingError(f"{file.path.name}, page {page}: only {n_read} of {frame.nbytes} bytes "
-                                 "present, the file is truncated — copy it again from its source")
+            raise RecordingError(
+                f"{file.path.name}, page {page}: only {n_read} of {frame.nbytes} bytes "
+                "present, the file is truncated — copy it again from its source"
+            )
         return frame
 
     def _handle(self, file_number: int, raw: bool) -> Any:
@@ -425,7 +487,7 @@ class Recording:
         for handle in handles.values():
             handle.close()
 
-    def __enter__(self) -> "Recording":
+    def __enter__(self) -> Recording:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -445,8 +507,13 @@ class Recording:
         self._pid = os.getpid()
 
 
-def open_recording(path: str | os.PathLike[str], *, channel: int | None = None, allow_float: bool = False,
-                   min_shape: tuple[int, int] = (1, 1)) -> Recording:
+def open_recording(
+    path: str | os.PathLike[str],
+    *,
+    channel: int | None = None,
+    allow_float: bool = False,
+    min_shape: tuple[int, int] = (1, 1),
+) -> Recording:
     """Open a TIFF file or a folder of TIFFs as a :class:`Recording` (see the module docstring for layouts).
 
     Args:
@@ -463,12 +530,15 @@ def open_recording(path: str | os.PathLike[str], *, channel: int | None = None, 
     if path.is_dir():
         files = _tiff_files(path)
         if not files:
-            raise RecordingError(f"folder {path} holds no .tif/.tiff files: point to a TIFF stack or a "
-                                 "folder of TIFF frames")
+            raise RecordingError(
+                f"folder {path} holds no .tif/.tiff files: point to a TIFF stack or a folder of TIFF frames"
+            )
     else:
         if path.suffix.lower() not in TIFF_SUFFIXES:
-            raise RecordingError(f"{path.name} is not a TIFF ({path.suffix or 'no suffix'}): export the "
-                                 "recording as a .tif/.tiff stack")
+            raise RecordingError(
+                f"{path.name} is not a TIFF ({path.suffix or 'no suffix'}): export the "
+                "recording as a .tif/.tiff stack"
+            )
         files = [path]
     if channel is not None and (isinstance(channel, bool) or not isinstance(channel, int) or channel < 0):
         raise RecordingError(f"channel must be a channel number ≥ 0, got {channel!r}: use channel=0, 1, ...")
@@ -482,18 +552,24 @@ def open_recording(path: str | os.PathLike[str], *, channel: int | None = None, 
         if shape is None:
             shape, dtype = file_shape, file_dtype
         elif file_shape != shape:
-            raise RecordingError(f"frames of different shapes: {first.name} has {_shape_text(shape)} px, "
-                                 f"{file.name} has {_shape_text(file_shape)} px: all frames must share one "
-                                 "shape (crop them alike)")
+            raise RecordingError(
+                f"frames of different shapes: {first.name} has {_shape_text(shape)} px, "
+                f"{file.name} has {_shape_text(file_shape)} px: all frames must share one "
+                "shape (crop them alike)"
+            )
         elif file_dtype != dtype:
-            raise RecordingError(f"frames of different pixel types: {first.name} is {dtype}, {file.name} is "
-                                 f"{file_dtype}: export all frames with one type")
+            raise RecordingError(
+                f"frames of different pixel types: {first.name} is {dtype}, {file.name} is "
+                f"{file_dtype}: export all frames with one type"
+            )
         indices.append(index)
     assert shape is not None and dtype is not None
     min_height, min_width = min_shape
     if shape[0] < min_height or shape[1] < min_width:
-        raise RecordingError(f"frames are {_shape_text(shape)} px, smaller than the {min_height}×{min_width} "
-                             "px minimum: use larger frames (a bigger field of view or crop)")
+        raise RecordingError(
+            f"frames are {_shape_text(shape)} px, smaller than the {min_height}×{min_width} "
+            "px minimum: use larger frames (a bigger field of view or crop)"
+        )
     return Recording(path, indices, shape, dtype, channel)
 
 
@@ -505,8 +581,12 @@ class RecordingDataset(Dataset):
     process. Frames holding NaN/inf raise :class:`RecordingError` naming the frame.
     """
 
-    def __init__(self, recording: Recording | str | os.PathLike[str],
-                 preprocessing: Preprocessing | None = None, **open_options: Any) -> None:
+    def __init__(
+        self,
+        recording: Recording | str | os.PathLike[str],
+        preprocessing: Preprocessing | None = None,
+        **open_options: Any,
+    ) -> None:
         """``recording``: an open :class:`Recording`, or a path given to :func:`open_recording` with
         ``open_options`` (``channel``, ``allow_float``, ``min_shape``)."""
         if isinstance(recording, Recording):

@@ -52,27 +52,43 @@ def default_precision() -> str:
     return "32-true"
 
 
-def check_applicable(module: Any, shape: tuple[int, int], tile: int | None = None,
-                     head_tile: int | None = None) -> None:
+def check_applicable(
+    module: Any, shape: tuple[int, int], tile: int | None = None, head_tile: int | None = None
+) -> None:
     """Refuse recordings the checkpoint cannot localize, or whose pieces (frames, tiles or head tiles,
     with their context) would make a volume too large for one pass."""
     height, width = shape
     if min(height, width) < MIN_FRAME_PX:
-        raise UserInputError(f"frames of {height}×{width} px are too small for this network: need at least "
-                             f"{MIN_FRAME_PX}×{MIN_FRAME_PX} px")
+        raise UserInputError(
+            f"frames of {height}×{width} px are too small for this network: need at least "
+            f"{MIN_FRAME_PX}×{MIN_FRAME_PX} px"
+        )
     piece = (height, width)  # the largest input the head sees at once, camera pixels with context
     for size, margin in ((tile, required_margin), (head_tile, required_head_margin)):
         if size is not None:
             reach = size + 2 * margin(module.net)
             piece = (min(piece[0], reach), min(piece[1], reach))
-    factor = 2 ** int(module.hparams.head.get("upsampling", 0)) if module.hparams.head["kind"] == "volume" else 1
-    if factor > 1 and (piece[0] * factor * piece[1] * factor * int(module.hparams.head.get("depth_slices", 1))) > 2e9:
-        raise UserInputError(f"a {height}×{width} frame makes a volume too large for one pass: set tile=<px> "
-                             "(e.g. tile=256) or head_tile=<px> so frames are processed in pieces")
+    factor = (
+        2 ** int(module.hparams.head.get("upsampling", 0)) if module.hparams.head["kind"] == "volume" else 1
+    )
+    if (
+        factor > 1
+        and (piece[0] * factor * piece[1] * factor * int(module.hparams.head.get("depth_slices", 1))) > 2e9
+    ):
+        raise UserInputError(
+            f"a {height}×{width} frame makes a volume too large for one pass: set tile=<px> "
+            "(e.g. tile=256) or head_tile=<px> so frames are processed in pieces"
+        )
 
 
-def overlay_frames(module: Any, recording: Any, preprocessing: Preprocessing, table: dict[str, np.ndarray],
-                   count: int, folder: Path) -> list[str]:
+def overlay_frames(
+    module: Any,
+    recording: Any,
+    preprocessing: Preprocessing,
+    table: dict[str, np.ndarray],
+    count: int,
+    folder: Path,
+) -> list[str]:
     """Re-render the first ``count`` frames from their localizations with the physical model: each
     localization's brightness and a background level are fitted to the frame (non-negative least squares)."""
     from scipy.optimize import nnls
@@ -86,13 +102,23 @@ def overlay_frames(module: Any, recording: Any, preprocessing: Preprocessing, ta
     for index in range(min(count, len(recording))):
         frame = preprocessing(recording[index].astype(np.float32)).astype(np.float64)
         here = table["frame"] == index + 1
-        xyz = torch.tensor(np.stack([table["x"][here], table["y"][here], table["z"][here]], axis=1) / 1e3,
-                           dtype=torch.float32).reshape(-1, 3)
+        xyz = torch.tensor(
+            np.stack([table["x"][here], table["y"][here], table["z"][here]], axis=1) / 1e3,
+            dtype=torch.float32,
+        ).reshape(-1, 3)
         columns = []
         with torch.no_grad():
             for i in range(xyz.shape[0]):
-                psf = render_frames(pupil.cpu(), xyz[i:i + 1], torch.ones(1), torch.zeros(1, dtype=torch.long), 1,
-                                    frame.shape, window=window, blur_sigma_px=1.0)
+                psf = render_frames(
+                    pupil.cpu(),
+                    xyz[i : i + 1],
+                    torch.ones(1),
+                    torch.zeros(1, dtype=torch.long),
+                    1,
+                    frame.shape,
+                    window=window,
+                    blur_sigma_px=1.0,
+                )
                 columns.append(psf[0].double().numpy().ravel())
         design = np.stack([*columns, np.ones(frame.size)], axis=1)
         weights, _ = nnls(design, frame.ravel(), maxiter=20 * design.shape[1])
@@ -172,28 +198,44 @@ def localize_recording(cfg: DictConfig, out: Path, preprocessing: Preprocessing)
     """The work of :func:`infer` once its settings and its output folder are checked and claimed."""
     read_checkpoint_kind(cfg.ckpt)
     try:
-        recording = open_recording(cfg.recording, channel=cfg.get("channel"), allow_float=bool(cfg.allow_float))
+        recording = open_recording(
+            cfg.recording, channel=cfg.get("channel"), allow_float=bool(cfg.allow_float)
+        )
     except RecordingError as exc:
         raise UserInputError(str(exc)) from None
     module = load_module(cfg.ckpt)
 
-    dataset = RecordingDataset(cfg.recording, preprocessing, channel=cfg.get("channel"), allow_float=bool(cfg.allow_float))
-    loader = DataLoader(dataset, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), shuffle=False)
+    dataset = RecordingDataset(
+        cfg.recording, preprocessing, channel=cfg.get("channel"), allow_float=bool(cfg.allow_float)
+    )
+    loader = DataLoader(
+        dataset, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), shuffle=False
+    )
     writer = LocalizationWriter(out)
     from pytorch_lightning.callbacks import RichProgressBar
 
     precision = cfg.trainer.get("precision") or default_precision()
-    trainer = hydra.utils.instantiate(cfg.trainer, precision=precision, callbacks=[writer, RichProgressBar()],
-                                      _convert_="all")
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, precision=precision, callbacks=[writer, RichProgressBar()], _convert_="all"
+    )
     accelerator = type(trainer.accelerator).__name__
     channels_last = use_channels_last(cfg.get("channels_last", False), accelerator)
     tile = resolve_tile("tile", cfg.tile, accelerator, AUTO_TILE)
     head_tile = resolve_tile("head_tile", cfg.get("head_tile", "auto"), accelerator, AUTO_HEAD_TILE)
     check_applicable(module, recording.shape, tile, head_tile)
     if cfg.margin is not None and tile is not None and int(cfg.margin) < required_margin(module.net):
-        log.warning("margin=%d is less than this network's reach of %d px: tiled results will differ from "
-                    "whole-frame ones (margin=null uses the reach)", int(cfg.margin), required_margin(module.net))
-    module.predict_settings = {"tile": tile, "margin": cfg.margin, "threshold": cfg.threshold, "head_tile": head_tile}
+        log.warning(
+            "margin=%d is less than this network's reach of %d px: tiled results will differ from "
+            "whole-frame ones (margin=null uses the reach)",
+            int(cfg.margin),
+            required_margin(module.net),
+        )
+    module.predict_settings = {
+        "tile": tile,
+        "margin": cfg.margin,
+        "threshold": cfg.threshold,
+        "head_tile": head_tile,
+    }
     if channels_last:
         module.net.to(memory_format=torch.channels_last)
     start = time.perf_counter()
@@ -215,14 +257,23 @@ def localize_recording(cfg: DictConfig, out: Path, preprocessing: Preprocessing)
     height, width = recording.shape
     field_nm = (width * setup.pixel_size_um * 1e3, height * setup.pixel_size_um * 1e3)
     z_range_nm = (setup.z_range_um[0] * 1e3, setup.z_range_um[1] * 1e3)
-    rgb, counts, mean_z = super_resolution_render(table["x"], table["y"], table["z"], field_nm,
-                                                  float(cfg.render_pixel_nm), z_range_nm)
+    rgb, counts, mean_z = super_resolution_render(
+        table["x"], table["y"], table["z"], field_nm, float(cfg.render_pixel_nm), z_range_nm
+    )
     overwrite = True  # every output was checked for at the start
     save_png(rgb, out / "render.png")
-    description = {"pixel_nm": float(cfg.render_pixel_nm), "colour": "hue = mean z", "z_range_nm": list(z_range_nm)}
+    description = {
+        "pixel_nm": float(cfg.render_pixel_nm),
+        "colour": "hue = mean z",
+        "z_range_nm": list(z_range_nm),
+    }
     save_tiff(rgb, out / "render.tif", description, overwrite=overwrite)
-    save_tiff(np.stack([counts, mean_z]), out / "render_counts_zmean.tif",
-              {**description, "channels": ["localizations per pixel", "mean z (nm)"]}, overwrite=overwrite)
+    save_tiff(
+        np.stack([counts, mean_z]),
+        out / "render_counts_zmean.tif",
+        {**description, "channels": ["localizations per pixel", "mean z (nm)"]},
+        overwrite=overwrite,
+    )
     overlays = overlay_frames(module, recording, preprocessing, table, int(cfg.overlay_frames), out)
     for stale in sorted(out.glob("overlay_frame*.png")):  # an earlier run's (overwrite=true): not this run's
         if stale.name not in overlays:
@@ -230,19 +281,39 @@ def localize_recording(cfg: DictConfig, out: Path, preprocessing: Preprocessing)
 
     frames = per_frame_counts(table["frame"], len(recording))
     summary = {
-        "checkpoint": str(cfg.ckpt), "data": str(cfg.recording), "frames": len(recording),
-        "frame_shape": [height, width], "localizations": n_locs,
-        "localizations_per_frame": {"mean": float(frames.mean()), "median": float(np.median(frames)),
-                                    "min": int(frames.min()), "max": int(frames.max())},
-        "seconds": round(elapsed, 3), "frames_per_second": float(f"{len(recording) / max(elapsed, 1e-9):.4g}"),
-        "devices": trainer.world_size, "accelerator": type(trainer.accelerator).__name__, "precision": precision,
-        "head": head, "threshold": float(cfg.threshold) if cfg.threshold is not None else float(module.threshold),
-        "tile": tile, "margin": cfg.margin if cfg.margin is not None else required_margin(module.net),
-        "channels_last": channels_last, "head_tile": head_tile,
-        "preprocessing": preprocessing.to_dict(), "normalization": module.normalization.to_dict(),
-        "optical_setup": setup.to_dict(), "outputs": [*OUTPUT_FILES, *overlays],
+        "checkpoint": str(cfg.ckpt),
+        "data": str(cfg.recording),
+        "frames": len(recording),
+        "frame_shape": [height, width],
+        "localizations": n_locs,
+        "localizations_per_frame": {
+            "mean": float(frames.mean()),
+            "median": float(np.median(frames)),
+            "min": int(frames.min()),
+            "max": int(frames.max()),
+        },
+        "seconds": round(elapsed, 3),
+        "frames_per_second": float(f"{len(recording) / max(elapsed, 1e-9):.4g}"),
+        "devices": trainer.world_size,
+        "accelerator": type(trainer.accelerator).__name__,
+        "precision": precision,
+        "head": head,
+        "threshold": float(cfg.threshold) if cfg.threshold is not None else float(module.threshold),
+        "tile": tile,
+        "margin": cfg.margin if cfg.margin is not None else required_margin(module.net),
+        "channels_last": channels_last,
+        "head_tile": head_tile,
+        "preprocessing": preprocessing.to_dict(),
+        "normalization": module.normalization.to_dict(),
+        "optical_setup": setup.to_dict(),
+        "outputs": [*OUTPUT_FILES, *overlays],
     }
     save_json(summary, out / "summary.json", overwrite=overwrite)
-    log.info("%d localizations in %d frames (%s) → %s", n_locs, len(recording),
-             rate_text(len(recording), elapsed), out)
+    log.info(
+        "%d localizations in %d frames (%s) → %s",
+        n_locs,
+        len(recording),
+        rate_text(len(recording), elapsed),
+        out,
+    )
     return summary

@@ -51,7 +51,9 @@ def tiles(shape: tuple[int, int], tile: int, margin: int, alignment: int = 1) ->
     for r0 in range(0, height, tile):
         for c0 in range(0, width, tile):
             r1, c1 = min(r0 + tile, height), min(c0 + tile, width)
-            yield Tile(r0, r1, c0, c1, start(r0), min(height, r1 + margin), start(c0), min(width, c1 + margin))
+            yield Tile(
+                r0, r1, c0, c1, start(r0), min(height, r1 + margin), start(c0), min(width, c1 + margin)
+            )
 
 
 def required_margin(net: torch.nn.Module) -> int:
@@ -69,8 +71,9 @@ def whole(shape: tuple[int, int]) -> Tile:
     return Tile(0, shape[0], 0, shape[1], 0, shape[0], 0, shape[1])
 
 
-def localize_crop(module, crop: Tensor, threshold: float, head_tile: int | None = None
-                  ) -> Iterator[tuple[Emitters, Tile]]:
+def localize_crop(
+    module, crop: Tensor, threshold: float, head_tile: int | None = None
+) -> Iterator[tuple[Emitters, Tile]]:
     """Decoded localizations of normalised frames ``crop (B, h, w)``, with the (crop-relative) tile whose
     core they belong to: the whole crop at once, or, with ``head_tile``, the trunk on the whole crop and
     the head on tiles of its features."""
@@ -81,7 +84,7 @@ def localize_crop(module, crop: Tensor, threshold: float, head_tile: int | None 
         return
     features = net.trunk(crop.unsqueeze(1))
     for t in tiles((height, width), head_tile, required_head_margin(net)):
-        output = net.head(features[..., t.ir0:t.ir1, t.ic0:t.ic1])
+        output = net.head(features[..., t.ir0 : t.ir1, t.ic0 : t.ic1])
         yield module.readout.decode(_float(output), threshold), t
 
 
@@ -92,8 +95,14 @@ def _float(output: Tensor | dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
     return output.float().contiguous()
 
 
-def localize_frames(module, frames: Tensor, tile: int | None = None, margin: int | None = None,
-                    threshold: float | None = None, head_tile: int | None = None) -> Emitters:
+def localize_frames(
+    module,
+    frames: Tensor,
+    tile: int | None = None,
+    margin: int | None = None,
+    threshold: float | None = None,
+    head_tile: int | None = None,
+) -> Emitters:
     """Localizations ``Emitters`` (µm from each frame's corner) in camera-count frames ``(B, H, W)``.
 
     ``module`` is a trained :class:`~dstorm3d.modules.localizer.SimulatedLocalizationModule`. Frames are
@@ -114,21 +123,30 @@ def localize_frames(module, frames: Tensor, tile: int | None = None, margin: int
     scores: list[list[Tensor]] = [[] for _ in range(frames.shape[0])]
     photons: list[list[Tensor]] = [[] for _ in range(frames.shape[0])]
     for t in outer:
-        crop = normalised[:, t.ir0:t.ir1, t.ic0:t.ic1]
+        crop = normalised[:, t.ir0 : t.ir1, t.ic0 : t.ic1]
         for found, inner in localize_crop(module, crop, threshold, head_tile):
             if len(outer) == 1 and inner == whole(crop.shape[-2:]):
                 return found  # the whole frame in one piece: nothing to stitch
             r0, c0 = t.ir0 + inner.ir0, t.ic0 + inner.ic0  # the decoded crop's origin in the frame
-            origin = torch.tensor([c0 * pixel, r0 * pixel, 0.0], dtype=found.xyz.dtype, device=found.xyz.device)
+            origin = torch.tensor(
+                [c0 * pixel, r0 * pixel, 0.0], dtype=found.xyz.dtype, device=found.xyz.device
+            )
             xyz = found.xyz + origin
             col, row = xyz[..., 0] / pixel, xyz[..., 1] / pixel
-            inside = (found.valid & (col >= max(t.c0, t.ic0 + inner.c0)) & (col < min(t.c1, t.ic0 + inner.c1))
-                      & (row >= max(t.r0, t.ir0 + inner.r0)) & (row < min(t.r1, t.ir0 + inner.r1)))
+            inside = (
+                found.valid
+                & (col >= max(t.c0, t.ic0 + inner.c0))
+                & (col < min(t.c1, t.ic0 + inner.c1))
+                & (row >= max(t.r0, t.ir0 + inner.r0))
+                & (row < min(t.r1, t.ir0 + inner.r1))
+            )
             for b in range(frames.shape[0]):
                 keep = inside[b]
                 per_frame[b].append(xyz[b][keep])
                 scores[b].append(found.score[b][keep])
                 photons[b].append(found.photons[b][keep])
-    return Emitters.from_lists([torch.cat(x).cpu() for x in per_frame],
-                               photons=[torch.cat(x).cpu() for x in photons],
-                               score=[torch.cat(x).cpu() for x in scores]).to(frames.device)
+    return Emitters.from_lists(
+        [torch.cat(x).cpu() for x in per_frame],
+        photons=[torch.cat(x).cpu() for x in photons],
+        score=[torch.cat(x).cpu() for x in scores],
+    ).to(frames.device)

@@ -39,8 +39,16 @@ class LocalizationWriter(BasePredictionWriter):
         self.writer = PartWriter(self.folder, trainer.global_rank)
         self._start = self._last_report = time.perf_counter()
 
-    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
-                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         assert self.writer is not None
         found = prediction["localizations"]
         indices = prediction["index"].cpu().numpy()
@@ -59,8 +67,13 @@ class LocalizationWriter(BasePredictionWriter):
         now = time.perf_counter()
         if now - self._last_report >= self.report_every_s:
             self._last_report = now
-            log.info("rank %d: %d frames, %s, %d localizations", trainer.global_rank, self.frames,
-                     rate_text(self.frames, now - self._start), self.localizations)
+            log.info(
+                "rank %d: %d frames, %s, %d localizations",
+                trainer.global_rank,
+                self.frames,
+                rate_text(self.frames, now - self._start),
+                self.localizations,
+            )
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.writer is not None:

@@ -38,8 +38,12 @@ def normalised_targets(
     z_min, z_max = z_range_um
     x, y, z = emitters.xyz.float().unbind(dim=-1)
     return torch.stack(
-        [x / pixel_size_um, y / pixel_size_um, (z - z_min) / (z_max - z_min),
-         emitters.photons.float() / photon_scale],
+        [
+            x / pixel_size_um,
+            y / pixel_size_um,
+            (z - z_min) / (z_max - z_min),
+            emitters.photons.float() / photon_scale,
+        ],
         dim=-1,
     )
 

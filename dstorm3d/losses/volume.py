@@ -136,7 +136,12 @@ class KDELoss(nn.Module):
     def target(self, emitters: Emitters, volume_shape: tuple[int, int, int]) -> Tensor:
         """``(B, D, Hv, Wv)`` target of ``emitters`` for a prediction of shape ``(B, D, Hv, Wv)``."""
         return render_volume_target(
-            emitters, self.grid, volume_shape, self.output_scale, self.sigma_voxels, self.radius,
+            emitters,
+            self.grid,
+            volume_shape,
+            self.output_scale,
+            self.sigma_voxels,
+            self.radius,
             self.quantize,
         )
 
@@ -154,4 +159,3 @@ class KDELoss(nn.Module):
         mse = (blurred - goal).square().mean()
         overlap = soft_dice_loss(blurred, goal, self.dice_eps)
         return {"loss": mse + self.overlap_weight * overlap, "mse": mse, "overlap": overlap}
-

@@ -138,7 +138,11 @@ class JaccardRMSE(Metric):
     def update(self, pred: Emitters, target: Emitters) -> None:  # type: ignore[override]
         """Match each frame and accumulate counts and error sums (pred.valid vs target.labelled)."""
         matches = _match_batch(
-            pred, target, self.threshold_nm, self.lateral_threshold_nm, self.axial_threshold_nm,
+            pred,
+            target,
+            self.threshold_nm,
+            self.lateral_threshold_nm,
+            self.axial_threshold_nm,
             self.ignore_unlabelled,
         )
         tp = fp = fn = ignored = 0
@@ -248,8 +252,9 @@ def per_frame_scores(
     Use e.g. ``np.nanstd(scores.jaccard)`` for the spread over frames.
     """
     _check_thresholds(threshold_nm, lateral_threshold_nm, axial_threshold_nm)
-    matches = _match_batch(pred, target, threshold_nm, lateral_threshold_nm, axial_threshold_nm,
-                           ignore_unlabelled)
+    matches = _match_batch(
+        pred, target, threshold_nm, lateral_threshold_nm, axial_threshold_nm, ignore_unlabelled
+    )
     tp = np.array([m.tp for m in matches], dtype=np.int64)
 
     def per_frame_rmse(values: list[np.ndarray]) -> np.ndarray:
@@ -261,6 +266,7 @@ def per_frame_scores(
 
     sq_lat = [m.dx_nm**2 + m.dy_nm**2 for m in matches]
     sq_ax = [m.dz_nm**2 for m in matches]
+
     def cat(arrays: list[np.ndarray], dtype: type = np.float64) -> np.ndarray:
         return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype=dtype)
 

@@ -229,7 +229,10 @@ def tolerance_agreement(ours_nm: np.ndarray, theirs_nm: np.ndarray, tolerance_nm
     within ``tolerance_nm`` (3D, nm), and how many of ours have none of theirs that close."""
     from scipy.spatial import cKDTree
 
-    ours_nm, theirs_nm = np.asarray(ours_nm, float).reshape(-1, 3), np.asarray(theirs_nm, float).reshape(-1, 3)
+    ours_nm, theirs_nm = (
+        np.asarray(ours_nm, float).reshape(-1, 3),
+        np.asarray(theirs_nm, float).reshape(-1, 3),
+    )
     if len(ours_nm) == 0 or len(theirs_nm) == 0:
         return 0, len(ours_nm)
     d_theirs, _ = cKDTree(ours_nm).query(theirs_nm)

@@ -108,8 +108,9 @@ class ScaledClamp(nn.Module):
     def __init__(self, scale: float, activation: str = "hardtanh") -> None:
         super().__init__()
         if activation not in OUTPUT_ACTIVATIONS:
-            raise ValueError(f"unknown output activation {activation!r}; expected one of "
-                             f"{OUTPUT_ACTIVATIONS}")
+            raise ValueError(
+                f"unknown output activation {activation!r}; expected one of {OUTPUT_ACTIVATIONS}"
+            )
         if scale <= 0:
             raise ValueError(f"output scale must be positive, got {scale}")
         self.scale = float(scale)

@@ -58,21 +58,26 @@ def load_authors_weights(
     if f"{output_name}.weight" in source:
         file_depth = int(source[f"{output_name}.weight"].shape[0])
         if file_depth != head.depth_slices:
-            raise ValueError(f"the weights have D = {file_depth} z slices but the built net has "
-                             f"D = {head.depth_slices}")
+            raise ValueError(
+                f"the weights have D = {file_depth} z slices but the built net has D = {head.depth_slices}"
+            )
 
     converted: dict[str, Tensor] = {}
     for key, value in source.items():
         module, _, rest = key.partition(".")
         if module not in mapping:
-            raise ValueError(f"weights tensor {key!r} {tuple(value.shape)} has no place in the built net "
-                             f"(its modules: {', '.join(mapping)})")
+            raise ValueError(
+                f"weights tensor {key!r} {tuple(value.shape)} has no place in the built net "
+                f"(its modules: {', '.join(mapping)})"
+            )
         ours = f"{mapping[module]}.{rest}"
         if ours not in target:
             raise ValueError(f"weights tensor {key!r} maps to {ours!r}, which the built net lacks")
         if tuple(value.shape) != tuple(target[ours].shape):
-            raise ValueError(f"weights tensor {key!r} has shape {tuple(value.shape)} but the built net's "
-                             f"{ours!r} has {tuple(target[ours].shape)}")
+            raise ValueError(
+                f"weights tensor {key!r} has shape {tuple(value.shape)} but the built net's "
+                f"{ours!r} has {tuple(target[ours].shape)}"
+            )
         converted[ours] = value
     missing = [k for k in target if k not in converted]
     if missing:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -72,7 +72,7 @@ class UNetTrunk(nn.Module):
         self.channels = int(channels)
         self.dilations: tuple[int, ...] = ()
         self.input_norm = nn.BatchNorm2d(1)
-        widths = [self.channels * 2 ** i for i in range(levels)]
+        widths = [self.channels * 2**i for i in range(levels)]
         self.encoders = nn.ModuleList()
         previous = 1
         for width in widths:
@@ -80,7 +80,8 @@ class UNetTrunk(nn.Module):
             previous = width
         self.decoders = nn.ModuleList(
             nn.Sequential(ConvBlock(widths[i + 1] + widths[i], widths[i]), ConvBlock(widths[i], widths[i]))
-            for i in reversed(range(levels - 1)))
+            for i in reversed(range(levels - 1))
+        )
 
     @property
     def out_channels(self) -> int:
@@ -95,7 +96,7 @@ class UNetTrunk(nn.Module):
         """Reach of an output pixel into the input (camera pixels), an upper bound: two 3×3 convs per
         stage (2·2^i), pooling into and upsampling out of stage i (2^i each)."""
         levels = len(self.encoders)
-        return int(sum(2 * 2 ** i + 2 * 2 ** i for i in range(levels)))
+        return int(sum(2 * 2**i + 2 * 2**i for i in range(levels)))
 
     def forward(self, frames: Tensor) -> Tensor:
         image = self.input_norm(frames)

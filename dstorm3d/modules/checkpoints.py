@@ -20,7 +20,9 @@ def read_checkpoint_kind(path: str | Path) -> str:
     """The module class name stored in a dstorm3d checkpoint, or a one-line :class:`UserInputError`."""
     path = Path(path)
     if not path.is_file():
-        raise UserInputError(f"checkpoint not found: {path} (give ckpt=<file.ckpt> from a dstorm3d training run)")
+        raise UserInputError(
+            f"checkpoint not found: {path} (give ckpt=<file.ckpt> from a dstorm3d training run)"
+        )
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any loader failure is one line for the user
@@ -30,11 +32,14 @@ def read_checkpoint_kind(path: str | Path) -> str:
     if not isinstance(info, dict) or info.get("kind") not in module_classes():
         raise UserInputError(
             f"{path} is not a dstorm3d localization checkpoint (no 'dstorm3d' record): use a checkpoint written "
-            "by train.py or by `python -m dstorm3d.import_weights`")
+            "by train.py or by `python -m dstorm3d.import_weights`"
+        )
     missing = [key for key in ("state_dict", "hyper_parameters") if not raw.get(key)]
     if missing:
-        raise UserInputError(f"{path} is an incomplete dstorm3d checkpoint (no {' or '.join(missing)}): use the "
-                             "file as train.py or `python -m dstorm3d.import_weights` wrote it")
+        raise UserInputError(
+            f"{path} is an incomplete dstorm3d checkpoint (no {' or '.join(missing)}): use the "
+            "file as train.py or `python -m dstorm3d.import_weights` wrote it"
+        )
     return str(info["kind"])
 
 
@@ -46,14 +51,23 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu"):
         module = cls.load_from_checkpoint(str(path), map_location=map_location, weights_only=True)
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserInputError(f"{path} cannot be loaded as a {cls.__name__} ({first[:200]}): the file is "
-                             "damaged or was edited; use the file as train.py wrote it") from None
+        raise UserInputError(
+            f"{path} cannot be loaded as a {cls.__name__} ({first[:200]}): the file is "
+            "damaged or was edited; use the file as train.py wrote it"
+        ) from None
     return module.eval()
 
 
 #: What an inference-only copy of a checkpoint keeps (the rest is training state: optimizer moments,
 #: schedulers, loops, callbacks).
-INFERENCE_KEYS = ("state_dict", "hyper_parameters", "dstorm3d", "pytorch-lightning_version", "epoch", "global_step")
+INFERENCE_KEYS = (
+    "state_dict",
+    "hyper_parameters",
+    "dstorm3d",
+    "pytorch-lightning_version",
+    "epoch",
+    "global_step",
+)
 
 
 def export_for_inference(source: str | Path, destination: str | Path, overwrite: bool = False) -> Path:

@@ -56,22 +56,51 @@ class SimulatedLocalizationModule(pl.LightningModule):
 
     learnable_mask = False
 
-    def __init__(self, optics: Mapping[str, Any], simulation: Mapping[str, Any], network: Mapping[str, Any],
-                 head: Mapping[str, Any], normalization: Mapping[str, Any] | None = None,
-                 optimizer: Mapping[str, Any] | None = None, scheduler: Mapping[str, Any] | None = None,
-                 metrics: Mapping[str, Any] | None = None, seed: int = 0, train_metrics_every_n_steps: int = 50,
-                 example_frames: int = 4, mask_source: str | None = None) -> None:
+    def __init__(
+        self,
+        optics: Mapping[str, Any],
+        simulation: Mapping[str, Any],
+        network: Mapping[str, Any],
+        head: Mapping[str, Any],
+        normalization: Mapping[str, Any] | None = None,
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        train_metrics_every_n_steps: int = 50,
+        example_frames: int = 4,
+        mask_source: str | None = None,
+    ) -> None:
         super().__init__()
         optics = plain(optics)
-        self.save_hyperparameters(plain(dict(
-            optics=optics, simulation=simulation, network=network, head=head, normalization=normalization or {},
-            optimizer=optimizer or {}, scheduler=scheduler or {}, metrics=metrics or {}, seed=seed,
-            train_metrics_every_n_steps=train_metrics_every_n_steps, example_frames=example_frames,
-            mask_source=mask_source or str(optics.get("mask")))))
+        self.save_hyperparameters(
+            plain(
+                dict(
+                    optics=optics,
+                    simulation=simulation,
+                    network=network,
+                    head=head,
+                    normalization=normalization or {},
+                    optimizer=optimizer or {},
+                    scheduler=scheduler or {},
+                    metrics=metrics or {},
+                    seed=seed,
+                    train_metrics_every_n_steps=train_metrics_every_n_steps,
+                    example_frames=example_frames,
+                    mask_source=mask_source or str(optics.get("mask")),
+                )
+            )
+        )
         hp = self.hparams
         self.optical_setup = setup_from_config(hp.optics)
-        mask = None if hp.optics.get("mask") == CHECKPOINT_MASK else mask_from_config(hp.optics, self.optical_setup)
-        self.simulator = FrameSimulator(self.optical_setup, mask, hp.simulation, learnable_mask=self.learnable_mask)
+        mask = (
+            None
+            if hp.optics.get("mask") == CHECKPOINT_MASK
+            else mask_from_config(hp.optics, self.optical_setup)
+        )
+        self.simulator = FrameSimulator(
+            self.optical_setup, mask, hp.simulation, learnable_mask=self.learnable_mask
+        )
         self.normalization = FrameNormalization.from_dict(hp.normalization)
         self.net = build_localization_net(**dict(hp.network), **network_kwargs(hp.head))
         self.readout = build_readout(self.optical_setup, hp.head)
@@ -98,8 +127,13 @@ class SimulatedLocalizationModule(pl.LightningModule):
         """Network output for camera frames ``(B, H, W)`` in counts (normalised here)."""
         return self.net(self.normalization(frames))
 
-    def localize(self, frames: Tensor, threshold: float | None = None, tile: int | None = None,
-                 head_tile: int | None = None) -> Emitters:
+    def localize(
+        self,
+        frames: Tensor,
+        threshold: float | None = None,
+        tile: int | None = None,
+        head_tile: int | None = None,
+    ) -> Emitters:
         """Localizations (µm, score) in frames ``(B, H, W)`` of camera counts, through tiles of at most
         ``tile`` pixels, and the head through tiles of ``head_tile`` pixels, when given (same results as
         whole frames; see :mod:`dstorm3d.inference.tiling`)."""
@@ -120,8 +154,15 @@ class SimulatedLocalizationModule(pl.LightningModule):
         losses = self.readout.loss(output, target)
         b = frames.shape[0]
         for name, value in losses.items():
-            self.log(f"train/{name}", value, on_step=True, on_epoch=True, prog_bar=name == "loss", batch_size=b,
-                     sync_dist=False)
+            self.log(
+                f"train/{name}",
+                value,
+                on_step=True,
+                on_epoch=True,
+                prog_bar=name == "loss",
+                batch_size=b,
+                sync_dist=False,
+            )
         every = int(self.hparams.train_metrics_every_n_steps)
         if every and self.global_step % every == 0:
             with torch.no_grad():
@@ -141,8 +182,14 @@ class SimulatedLocalizationModule(pl.LightningModule):
         output = self(frames)
         losses = self.readout.loss(output, target)
         for name, value in losses.items():
-            self.log(f"val/{name}", value, on_epoch=True, prog_bar=name == "loss", batch_size=frames.shape[0],
-                     sync_dist=True)
+            self.log(
+                f"val/{name}",
+                value,
+                on_epoch=True,
+                prog_bar=name == "loss",
+                batch_size=frames.shape[0],
+                sync_dist=True,
+            )
         predictions = self.readout.decode(detach_output(output), min(self.candidates))
         for t, metric, challenge in zip(self.candidates, self.val_metrics, self.val_challenge):
             kept = keep_above(predictions, t)
@@ -150,9 +197,14 @@ class SimulatedLocalizationModule(pl.LightningModule):
             challenge.update(kept, target)
         if batch_idx == 0:
             k = min(int(self.hparams.example_frames), frames.shape[0])
-            self.examples = {"frames": frames[:k].detach().cpu(), "target": target.select_frames(slice(0, k)).to("cpu"),
-                             "predictions": keep_above(predictions, float(self.threshold)).select_frames(slice(0, k)).to("cpu"),
-                             "pixel_size_um": self.optical_setup.pixel_size_um}
+            self.examples = {
+                "frames": frames[:k].detach().cpu(),
+                "target": target.select_frames(slice(0, k)).to("cpu"),
+                "predictions": keep_above(predictions, float(self.threshold))
+                .select_frames(slice(0, k))
+                .to("cpu"),
+                "pixel_size_um": self.optical_setup.pixel_size_um,
+            }
 
     def on_validation_epoch_end(self) -> None:
         results = [m.compute() for m in self.val_metrics]
@@ -192,7 +244,9 @@ class SimulatedLocalizationModule(pl.LightningModule):
             value = scores[key]
             if key in ("jaccard", "precision", "recall"):
                 value = torch.nan_to_num(value, nan=0.0)  # nothing to find and nothing found: no credit
-            self.log(f"{stage}/{key}", value.float(), sync_dist=False, prog_bar=key == "jaccard" and stage == "val")
+            self.log(
+                f"{stage}/{key}", value.float(), sync_dist=False, prog_bar=key == "jaccard" and stage == "val"
+            )
 
     # ------------------------------------------------------------------ prediction (inference)
     predict_settings: dict[str, Any] = {}
@@ -227,16 +281,28 @@ class SimulatedLocalizationModule(pl.LightningModule):
             total = max(1, int(self.trainer.estimated_stepping_batches))
             warmup = int(float(sched.get("warmup_fraction", 0.03)) * total)
             floor = float(sched.get("final_fraction", 0.01))
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total, warmup, floor))
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: cosine_factor(step, total, warmup, floor)
+            )
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         if kind != "plateau":
             raise ValueError(f"model.scheduler.kind must be plateau, cosine or none, got {kind!r}")
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=float(sched.get("factor", 0.1)), patience=int(sched.get("patience", 5)),
-            min_lr=float(sched.get("min_lr", 1e-7)))
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": sched.get("monitor", "val/loss"),
-                                 "interval": "epoch", "frequency": 1}}
+            optimizer,
+            mode="min",
+            factor=float(sched.get("factor", 0.1)),
+            patience=int(sched.get("patience", 5)),
+            min_lr=float(sched.get("min_lr", 1e-7)),
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "monitor": sched.get("monitor", "val/loss"),
+                "interval": "epoch",
+                "frequency": 1,
+            },
+        }
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -244,8 +310,11 @@ class SimulatedLocalizationModule(pl.LightningModule):
         hparams["optics"] = dict(hparams["optics"])
         hparams["optics"]["mask"] = CHECKPOINT_MASK
         checkpoint["hyper_parameters"] = plain(hparams)
-        checkpoint["dstorm3d"] = {"kind": type(self).__name__, "head": self.hparams.head["kind"],
-                                  "frame_shape": list(self.simulator.frame_shape)}
+        checkpoint["dstorm3d"] = {
+            "kind": type(self).__name__,
+            "head": self.hparams.head["kind"],
+            "frame_shape": list(self.simulator.frame_shape),
+        }
 
 
 def cosine_factor(step: int, total: int, warmup: int, floor: float) -> float:

@@ -39,11 +39,19 @@ class PSFDesignModule(SimulatedLocalizationModule):
     learnable_mask = True
 
     def __init__(self, mask_learning: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-        learning = {"parameterization": "pixel", "lr": 0.01, "zernike_terms": 28, "freeze": False,
-                    "differentiable_noise": True, **dict(mask_learning or {})}
+        learning = {
+            "parameterization": "pixel",
+            "lr": 0.01,
+            "zernike_terms": 28,
+            "freeze": False,
+            "differentiable_noise": True,
+            **dict(mask_learning or {}),
+        }
         if learning["parameterization"] not in PARAMETERIZATIONS:
-            raise ValueError(f"mask_learning.parameterization must be one of {PARAMETERIZATIONS}, "
-                             f"got {learning['parameterization']!r}")
+            raise ValueError(
+                f"mask_learning.parameterization must be one of {PARAMETERIZATIONS}, "
+                f"got {learning['parameterization']!r}"
+            )
         super().__init__(**kwargs)
         self.hparams["mask_learning"] = learning
         setup = self.optical_setup
@@ -53,7 +61,9 @@ class PSFDesignModule(SimulatedLocalizationModule):
             # The pupil's own mask stays the (fixed) initialisation; the learned phase is added to it.
             indices = list(range(2, int(learning["zernike_terms"]) + 1))
             basis = zernike_basis(indices, setup.pupil_grid, setup.zernike_radius_px)
-            self.register_buffer("zernike_basis", torch.as_tensor(basis, dtype=torch.float32), persistent=False)
+            self.register_buffer(
+                "zernike_basis", torch.as_tensor(basis, dtype=torch.float32), persistent=False
+            )
             self.zernike_coefficients = nn.Parameter(torch.zeros(len(indices)))
             self.simulator.pupil.phase_mask.requires_grad_(False)
         if learning["freeze"]:
@@ -75,13 +85,17 @@ class PSFDesignModule(SimulatedLocalizationModule):
 
     def simulate(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> Tensor:
         differentiable = self.training and bool(self.hparams.mask_learning["differentiable_noise"])
-        return self.simulator(batch, generator=generator, differentiable=differentiable, phase_mask=self.phase_mask())
+        return self.simulator(
+            batch, generator=generator, differentiable=differentiable, phase_mask=self.phase_mask()
+        )
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         groups = super().parameter_groups()
         trainable = [p for p in self.mask_parameters() if p.requires_grad]
         if trainable:
-            groups.append({"params": trainable, "lr": float(self.hparams.mask_learning["lr"]), "name": "mask"})
+            groups.append(
+                {"params": trainable, "lr": float(self.hparams.mask_learning["lr"]), "name": "mask"}
+            )
         return groups
 
     def learned_mask(self) -> np.ndarray:
@@ -91,4 +105,3 @@ class PSFDesignModule(SimulatedLocalizationModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["hyper_parameters"]["mask_learning"] = dict(self.hparams.mask_learning)
-

@@ -37,10 +37,14 @@ class VolumeReadout(nn.Module):
         loss = dict(head.get("loss") or {})
         post = dict(head.get("postprocess") or {})
         self.output_scale = float(head.get("output_scale", 800.0))
-        self.grid = VolumeGrid(pixel_size_um=setup.pixel_size_um, upsampling=2 ** int(head.get("upsampling", 2)),
-                               z_range_um=setup.z_range_um, depth_slices=int(head.get("depth_slices", 121)),
-                               lateral_offset_voxels=float(post.pop("lateral_offset_voxels", 0.0)),
-                               z_offset_voxels=float(post.pop("z_offset_voxels", 0.0)))
+        self.grid = VolumeGrid(
+            pixel_size_um=setup.pixel_size_um,
+            upsampling=2 ** int(head.get("upsampling", 2)),
+            z_range_um=setup.z_range_um,
+            depth_slices=int(head.get("depth_slices", 121)),
+            lateral_offset_voxels=float(post.pop("lateral_offset_voxels", 0.0)),
+            z_offset_voxels=float(post.pop("z_offset_voxels", 0.0)),
+        )
         self.loss_fn = KDELoss(self.grid, self.output_scale, **loss)
         relative = post.pop("thresholds", [0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2, 0.3])
         self.candidate_thresholds = [float(t) * self.output_scale for t in relative]
@@ -64,7 +68,9 @@ class OffsetsReadout(nn.Module):
         self.photon_scale = float(loss.pop("photon_scale", 30000.0))
         self.pixel_size_um, self.z_range_um = setup.pixel_size_um, setup.z_range_um
         self.loss_fn = GaussianMixtureLoss(setup.pixel_size_um, setup.z_range_um, self.photon_scale, **loss)
-        self.candidate_thresholds = [float(t) for t in post.pop("thresholds", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])]
+        self.candidate_thresholds = [
+            float(t) for t in post.pop("thresholds", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+        ]
         self.default_threshold = float(post.pop("threshold", 0.5))
         self.decode_kwargs = post
 
@@ -72,8 +78,14 @@ class OffsetsReadout(nn.Module):
         return self.loss_fn(output, target)
 
     def decode(self, output: dict[str, Tensor], threshold: float) -> Emitters:
-        decoded = decode_offsets(output, self.pixel_size_um, self.z_range_um, self.photon_scale,
-                                 threshold=threshold, **self.decode_kwargs)
+        decoded = decode_offsets(
+            output,
+            self.pixel_size_um,
+            self.z_range_um,
+            self.photon_scale,
+            threshold=threshold,
+            **self.decode_kwargs,
+        )
         return decoded[0] if isinstance(decoded, tuple) else decoded
 
 
@@ -97,4 +109,3 @@ def detach_output(output: Tensor | dict[str, Tensor]) -> Tensor | dict[str, Tens
     if isinstance(output, dict):
         return {k: v.detach() for k, v in output.items()}
     return output.detach()
-

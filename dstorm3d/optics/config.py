@@ -26,5 +26,9 @@ def mask_from_config(config: Mapping[str, Any], setup: OpticalSetup) -> np.ndarr
     spec = config.get("mask", "clear")
     if spec is None:
         raise SetupError("optics.mask is empty: give tetrapod, clear or a mask file path")
-    return load_phase_mask(str(spec), setup, resample=bool(config.get("resample_mask", False)),
-                           variable=config.get("mask_variable"))
+    return load_phase_mask(
+        str(spec),
+        setup,
+        resample=bool(config.get("resample_mask", False)),
+        variable=config.get("mask_variable"),
+    )

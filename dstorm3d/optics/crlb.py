@@ -20,9 +20,14 @@ from .render import filter_patches, intensity_filter
 PARAMETERS = ("x", "y", "z", "photons", "background")
 
 
-def psf_with_derivatives(pupil: PupilModel, xyz_um: Tensor, corner: Tensor, shape: tuple[int, int],
-                         blur_sigma_px: float | None = None, pixel_integration: bool = False
-                         ) -> tuple[Tensor, Tensor]:
+def psf_with_derivatives(
+    pupil: PupilModel,
+    xyz_um: Tensor,
+    corner: Tensor,
+    shape: tuple[int, int],
+    blur_sigma_px: float | None = None,
+    pixel_integration: bool = False,
+) -> tuple[Tensor, Tensor]:
     """PSF per photon ``h (E, H, W)`` and its derivatives ``(E, 3, H, W)`` w.r.t. x, y, z (per µm).
 
     Same grid convention as :meth:`PupilModel.psf_on_grid`.
@@ -36,18 +41,22 @@ def psf_with_derivatives(pupil: PupilModel, xyz_um: Tensor, corner: Tensor, shap
     field_pupil = pupil.pupil_field(xyz_um[:, 2], shift)  # (E, K, K)
     f_x = (pupil.kappa / pupil.setup.pixel_size_um).to(dtype)  # cycles/µm along columns
     kz = pupil.kz_sample + 1j * pupil.decay  # (K, K) complex, rad/µm
-    factors = torch.stack([
-        (2j * math.pi * f_x).reshape(1, -1).expand(f_x.shape[0], -1),    # d/dx: columns
-        (2j * math.pi * f_x).reshape(-1, 1).expand(-1, f_x.shape[0]),    # d/dy: rows
-        1j * kz,                                                         # d/dz (incl. evanescent decay)
-    ])  # (3, K, K)
+    factors = torch.stack(
+        [
+            (2j * math.pi * f_x).reshape(1, -1).expand(f_x.shape[0], -1),  # d/dx: columns
+            (2j * math.pi * f_x).reshape(-1, 1).expand(-1, f_x.shape[0]),  # d/dy: rows
+            1j * kz,  # d/dz (incl. evanescent decay)
+        ]
+    )  # (3, K, K)
     pupils = torch.cat([field_pupil.unsqueeze(1), field_pupil.unsqueeze(1) * factors], dim=1)  # (E, 4, K, K)
     e, k = pupils.shape[0], pupils.shape[-1]
     fields = pupil.fields_on_grid(pupils.reshape(e * 4, k, k), shape).reshape(e, 4, height, width)
     field = fields[:, 0]
     h = pupil.intensity_per_photon(field)
     dh = 2 * (field.conj().unsqueeze(1) * fields[:, 1:]).real / pupil.energy_norm
-    sigma = None if blur_sigma_px is None else torch.tensor([float(blur_sigma_px)], dtype=dtype, device=device)
+    sigma = (
+        None if blur_sigma_px is None else torch.tensor([float(blur_sigma_px)], dtype=dtype, device=device)
+    )
     transfer = intensity_filter(shape, sigma, pixel_integration, dtype, device)
     if transfer is not None:
         h = filter_patches(h, transfer)
@@ -63,9 +72,16 @@ def fisher_information(h: Tensor, dh: Tensor, photons: float, background: float)
     return torch.einsum("eip,ejp->eij", g / mu.flatten(1).unsqueeze(1), g)
 
 
-def crlb(pupil: PupilModel, z_um: np.ndarray | Tensor, photons: float, background: float,
-         window: int | None = None, emccd: bool = False, blur_sigma_px: float | None = None,
-         pixel_integration: bool = False) -> dict[str, np.ndarray]:
+def crlb(
+    pupil: PupilModel,
+    z_um: np.ndarray | Tensor,
+    photons: float,
+    background: float,
+    window: int | None = None,
+    emccd: bool = False,
+    blur_sigma_px: float | None = None,
+    pixel_integration: bool = False,
+) -> dict[str, np.ndarray]:
     """Precision bounds per depth for an emitter at a pixel centre.
 
     Args:
@@ -79,7 +95,9 @@ def crlb(pupil: PupilModel, z_um: np.ndarray | Tensor, photons: float, backgroun
     """
     window = window or pupil.setup.pupil_grid
     dtype = torch.float64
-    z = torch.as_tensor(np.asarray(z_um, dtype=np.float64), dtype=dtype, device=pupil.kappa.device).reshape(-1)
+    z = torch.as_tensor(np.asarray(z_um, dtype=np.float64), dtype=dtype, device=pupil.kappa.device).reshape(
+        -1
+    )
     centre = (window // 2 + 0.5) * pupil.setup.pixel_size_um
     xyz = torch.stack([torch.full_like(z, centre), torch.full_like(z, centre), z], dim=1)
     corner = torch.zeros(2, dtype=torch.long)
@@ -91,10 +109,16 @@ def crlb(pupil: PupilModel, z_um: np.ndarray | Tensor, photons: float, backgroun
             info = info / 2.0
         variance = torch.diagonal(torch.linalg.inv(info), dim1=-2, dim2=-1)
     std = variance.clamp_min(0).sqrt().cpu().numpy()
-    return {"x_nm": std[:, 0] * 1e3, "y_nm": std[:, 1] * 1e3, "z_nm": std[:, 2] * 1e3,
-            "photons": std[:, 3], "background": std[:, 4]}
+    return {
+        "x_nm": std[:, 0] * 1e3,
+        "y_nm": std[:, 1] * 1e3,
+        "z_nm": std[:, 2] * 1e3,
+        "photons": std[:, 3],
+        "background": std[:, 4],
+    }
 
 
 def _as_float64(pupil: PupilModel) -> PupilModel:
     return PupilModel(pupil.setup, pupil.phase_mask.detach().double().cpu(), dtype=torch.float64).to(
-        pupil.kappa.device)
+        pupil.kappa.device
+    )

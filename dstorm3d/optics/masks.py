@@ -8,8 +8,9 @@ the renderer; built-in masks are exactly zero there, as are the paper's masks.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -62,8 +63,10 @@ def read_mask_file(path: str | Path, variable: str | None = None) -> np.ndarray:
     ``variable``), ``.npy`` or ``.tif``/``.tiff``."""
     path = Path(path)
     if not path.is_file():
-        raise MaskError(f"phase-mask file not found: {path} (give an existing .npy, .tif or .mat file, or "
-                        f"one of the built-ins {sorted(BUILTIN_MASKS)})")
+        raise MaskError(
+            f"phase-mask file not found: {path} (give an existing .npy, .tif or .mat file, or "
+            f"one of the built-ins {sorted(BUILTIN_MASKS)})"
+        )
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
@@ -76,20 +79,31 @@ def read_mask_file(path: str | Path, variable: str | None = None) -> np.ndarray:
             from scipy.io import loadmat
 
             contents = {k: v for k, v in loadmat(path).items() if not k.startswith("__")}
-            arrays = {k: v for k, v in contents.items()
-                      if isinstance(v, np.ndarray) and v.ndim == 2 and np.issubdtype(v.dtype, np.number)
-                      and min(v.shape) > 1}
+            arrays = {
+                k: v
+                for k, v in contents.items()
+                if isinstance(v, np.ndarray)
+                and v.ndim == 2
+                and np.issubdtype(v.dtype, np.number)
+                and min(v.shape) > 1
+            }
             if variable is not None:
                 if variable not in arrays:
-                    raise MaskError(f"{path} has no 2-D numeric variable {variable!r}; it has {sorted(arrays)}")
+                    raise MaskError(
+                        f"{path} has no 2-D numeric variable {variable!r}; it has {sorted(arrays)}"
+                    )
                 array = arrays[variable]
             elif len(arrays) != 1:
-                raise MaskError(f"{path} holds {len(arrays)} 2-D numeric variables {sorted(arrays)}; "
-                                "name the phase mask with variable=<name>")
+                raise MaskError(
+                    f"{path} holds {len(arrays)} 2-D numeric variables {sorted(arrays)}; "
+                    "name the phase mask with variable=<name>"
+                )
             else:
                 array = next(iter(arrays.values()))
         else:
-            raise MaskError(f"unsupported phase-mask format {suffix!r} for {path}: use one of {MASK_SUFFIXES}")
+            raise MaskError(
+                f"unsupported phase-mask format {suffix!r} for {path}: use one of {MASK_SUFFIXES}"
+            )
     except MaskError:
         raise
     except Exception as exc:  # noqa: BLE001 - any reader failure becomes one clear line
@@ -99,7 +113,9 @@ def read_mask_file(path: str | Path, variable: str | None = None) -> np.ndarray:
         raise MaskError(f"{path} holds a complex array; a phase mask must be real phase in radians")
     array = np.squeeze(array).astype(np.float64)
     if array.ndim != 2 or array.shape[0] != array.shape[1]:
-        raise MaskError(f"{path} holds an array of shape {array.shape}; a phase mask must be square 2-D (N, N)")
+        raise MaskError(
+            f"{path} holds an array of shape {array.shape}; a phase mask must be square 2-D (N, N)"
+        )
     if not np.all(np.isfinite(array)):
         raise MaskError(f"{path} contains NaN or infinite values; a phase mask must be finite radians")
     return array
@@ -119,8 +135,9 @@ def _center_crop_or_pad(mask: np.ndarray, size: int) -> np.ndarray:
     out = np.zeros((size, size), dtype=np.float64)
     src_c, dst_c = mask.shape[0] // 2, size // 2
     half = min(src_c, dst_c, mask.shape[0] - src_c - 1, size - dst_c - 1)
-    out[dst_c - half:dst_c + half + 1, dst_c - half:dst_c + half + 1] = \
-        mask[src_c - half:src_c + half + 1, src_c - half:src_c + half + 1]
+    out[dst_c - half : dst_c + half + 1, dst_c - half : dst_c + half + 1] = mask[
+        src_c - half : src_c + half + 1, src_c - half : src_c + half + 1
+    ]
     return out
 
 
@@ -140,8 +157,9 @@ def resample_mask(mask: np.ndarray, size: int, scale: float) -> np.ndarray:
     return np.angle(re + 1j * im)
 
 
-def fit_mask_to_setup(mask: np.ndarray, setup: OpticalSetup, resample: bool = False,
-                      source: str = "phase mask") -> np.ndarray:
+def fit_mask_to_setup(
+    mask: np.ndarray, setup: OpticalSetup, resample: bool = False, source: str = "phase mask"
+) -> np.ndarray:
     """Place a mask on the setup's pupil grid, or raise a :class:`MaskError` naming the fix.
 
     * Same grid size and a support that matches the aperture: used as is.
@@ -154,8 +172,10 @@ def fit_mask_to_setup(mask: np.ndarray, setup: OpticalSetup, resample: bool = Fa
     if mask_radius is None:
         if mask.shape[0] == n:
             return mask.copy()
-        raise MaskError(f"{source} is {mask.shape[0]}×{mask.shape[1]} without a zero border to tell its pupil "
-                        f"scale, and setup '{setup.name}' needs {n}×{n}: save it on the setup's grid")
+        raise MaskError(
+            f"{source} is {mask.shape[0]}×{mask.shape[1]} without a zero border to tell its pupil "
+            f"scale, and setup '{setup.name}' needs {n}×{n}: save it on the setup's grid"
+        )
     # Masks are drawn on the water-limited disc; compare with that radius when the aperture is larger.
     expected = min(radius, setup.zernike_radius_px) if setup.aperture == "objective" else radius
     same_scale = abs(mask_radius - expected) <= 1.5
@@ -166,11 +186,13 @@ def fit_mask_to_setup(mask: np.ndarray, setup: OpticalSetup, resample: bool = Fa
     raise MaskError(
         f"{source} ({mask.shape[0]}×{mask.shape[1]}, pupil radius {mask_radius:.1f} samples) does not match "
         f"setup '{setup.name}' ({n}×{n}, pupil radius {expected:.1f} samples): use the setup the mask was made "
-        "for, or set optics.resample_mask=true to resample it onto this pupil")
+        "for, or set optics.resample_mask=true to resample it onto this pupil"
+    )
 
 
-def load_phase_mask(spec: str | Path, setup: OpticalSetup, resample: bool = False,
-                    variable: str | None = None) -> np.ndarray:
+def load_phase_mask(
+    spec: str | Path, setup: OpticalSetup, resample: bool = False, variable: str | None = None
+) -> np.ndarray:
     """A mask for ``setup`` from a built-in name (``clear``, ``tetrapod``) or a file path."""
     if isinstance(spec, str) and spec in BUILTIN_MASKS:
         return BUILTIN_MASKS[spec](setup)
@@ -179,8 +201,9 @@ def load_phase_mask(spec: str | Path, setup: OpticalSetup, resample: bool = Fals
 
 
 # ---------------------------------------------------------------------------------------- saving
-def save_phase_mask(mask: np.ndarray, path: str | Path, setup: OpticalSetup | None = None,
-                    overwrite: bool = False) -> Path:
+def save_phase_mask(
+    mask: np.ndarray, path: str | Path, setup: OpticalSetup | None = None, overwrite: bool = False
+) -> Path:
     """Save a phase mask (rad) as ``.npy``, ``.tif`` or ``.mat`` (float64, bit-exact round trip).
 
     With ``setup``, its parameters go into the file (``.mat`` variable ``dstorm3d_setup``, TIFF
@@ -191,15 +214,18 @@ def save_phase_mask(mask: np.ndarray, path: str | Path, setup: OpticalSetup | No
     mask = np.ascontiguousarray(mask, dtype=np.float64)
     meta = json.dumps({"optical_setup": setup.to_dict()}) if setup is not None else None
     if suffix == ".npy":
+
         def write(p: Path) -> None:
             with open(p, "wb") as fh:
                 np.save(fh, mask, allow_pickle=False)
     elif suffix in (".tif", ".tiff"):
+
         def write(p: Path) -> None:
             import tifffile
 
             tifffile.imwrite(p, mask, description=meta)
     elif suffix == ".mat":
+
         def write(p: Path) -> None:
             from scipy.io import savemat
 

@@ -88,8 +88,13 @@ class PupilModel(nn.Module):
         −k0·NFP·√(n_i² − ρ²) modulo 2π; ``amplitude`` ``(K, K)`` aperture (1 inside, 0 outside).
     """
 
-    def __init__(self, setup: OpticalSetup, phase_mask: np.ndarray | Tensor | None = None,
-                 learnable: bool = False, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        setup: OpticalSetup,
+        phase_mask: np.ndarray | Tensor | None = None,
+        learnable: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
         self.setup = setup
         n = setup.pupil_grid
@@ -105,7 +110,7 @@ class PupilModel(nn.Module):
         rho = setup.wavelength_um * freq
         k0 = 2 * np.pi / setup.wavelength_um
         amplitude = (rho < setup.aperture_na).astype(np.float64)
-        kz_immersion = k0 * np.sqrt(np.clip(setup.n_immersion ** 2 - rho ** 2, 0.0, None))
+        kz_immersion = k0 * np.sqrt(np.clip(setup.n_immersion**2 - rho**2, 0.0, None))
         base_phase = -setup.nfp_um * kz_immersion
 
         def buf(a: np.ndarray) -> Tensor:
@@ -123,21 +128,30 @@ class PupilModel(nn.Module):
         # The constant defocus phase only enters through exp(i·), so it is kept modulo 2π: smaller angles
         # keep more float32 precision when the depth and ramp phases are added to it.
         self.register_buffer("base_phase", buf(np.mod(base_phase, 2 * np.pi)), persistent=False)
-        kz = k0 * np.sqrt((setup.n_sample ** 2 - rho ** 2).astype(np.complex128))
+        kz = k0 * np.sqrt((setup.n_sample**2 - rho**2).astype(np.complex128))
         self.register_buffer("kz_sample", buf(kz.real), persistent=False)
         self.register_buffer("decay", buf(kz.imag), persistent=False)
         self.has_decay = bool((self.decay > 0).any())
         # the same four buffers with both axes in folded order, as pupil_planes uses them
         for name in ("base_phase", "kz_sample", "amplitude", "decay"):
             natural = getattr(self, name)
-            self.register_buffer(f"_{name}_folded", natural[self._fold][:, self._fold].contiguous(), persistent=False)
+            self.register_buffer(
+                f"_{name}_folded", natural[self._fold][:, self._fold].contiguous(), persistent=False
+            )
         # Σ_r |E(r)|² over one period = N²·Σ_f |P(f)|² (Parseval); |P| = amplitude at z = 0.
         self.energy_norm = float(n * n * amplitude.sum())
 
-        mask = torch.zeros(n, n, dtype=dtype) if phase_mask is None else torch.as_tensor(
-            np.asarray(phase_mask) if not isinstance(phase_mask, Tensor) else phase_mask).to(dtype)
+        mask = (
+            torch.zeros(n, n, dtype=dtype)
+            if phase_mask is None
+            else torch.as_tensor(
+                np.asarray(phase_mask) if not isinstance(phase_mask, Tensor) else phase_mask
+            ).to(dtype)
+        )
         if tuple(mask.shape) != (n, n):
-            raise ValueError(f"phase mask has shape {tuple(mask.shape)}; setup '{setup.name}' needs ({n}, {n})")
+            raise ValueError(
+                f"phase mask has shape {tuple(mask.shape)}; setup '{setup.name}' needs ({n}, {n})"
+            )
         if learnable:
             self.phase_mask = nn.Parameter(mask.clone())
         else:
@@ -149,8 +163,13 @@ class PupilModel(nn.Module):
         mask = self.phase_mask if phase_mask is None else phase_mask
         return mask[self._box, self._box]
 
-    def pupil_field(self, z: Tensor, shift_px: Tensor | None = None, phase_mask: Tensor | None = None,
-                    amplitude_scale: Tensor | None = None) -> Tensor:
+    def pupil_field(
+        self,
+        z: Tensor,
+        shift_px: Tensor | None = None,
+        phase_mask: Tensor | None = None,
+        amplitude_scale: Tensor | None = None,
+    ) -> Tensor:
         """Complex pupils ``(E, K, K)`` for depths ``z (E,)`` µm and sub-pixel shifts ``shift_px (E, 2)``
         = (column, row) position of the evaluation grid's origin pixel centre minus the emitter, in pixels.
 
@@ -161,8 +180,14 @@ class PupilModel(nn.Module):
         field = torch.complex(planes[0], planes[1])
         return field[:, self._unfold][:, :, self._unfold]
 
-    def pupil_planes(self, z: Tensor, shift_px: Tensor | None = None, phase_mask: Tensor | None = None,
-                     amplitude_scale: Tensor | None = None, workspace: Workspace | None = None) -> Tensor:
+    def pupil_planes(
+        self,
+        z: Tensor,
+        shift_px: Tensor | None = None,
+        phase_mask: Tensor | None = None,
+        amplitude_scale: Tensor | None = None,
+        workspace: Workspace | None = None,
+    ) -> Tensor:
         """The pupils of :meth:`pupil_field` as real and imaginary planes ``(2, E, K, K)``, both axes in
         *folded order* (frequency indices 0, 1 … h, −1 … −h; see :meth:`field_planes`). The phases are
         summed as real numbers and turned into cos/sin once (one pass over the E × K × K pupils). Without
@@ -231,8 +256,9 @@ class PupilModel(nn.Module):
             cache[key] = torch.cat([torch.cos(angle), torch.sin(angle[1:])])
         return cache[key]
 
-    def field_planes(self, planes: Tensor, shape: tuple[int, int],
-                     workspace: Workspace | None = None) -> Tensor:
+    def field_planes(
+        self, planes: Tensor, shape: tuple[int, int], workspace: Workspace | None = None
+    ) -> Tensor:
         """Camera fields ``(2, E, H, W)`` (real, imaginary) of pupils ``(2, E, K, K)`` in folded order, on
         an H × W pixel grid whose pixel ``(H//2, W//2)`` is the origin of the pupils' phase ramps.
 
@@ -247,7 +273,8 @@ class PupilModel(nn.Module):
         if max(height, width) > self.setup.pupil_grid:
             raise ValueError(
                 f"a {height}×{width}-pixel grid exceeds the DFT period of {self.setup.pupil_grid} pixels, so the PSF "
-                "would wrap around: render through windows (optics window ≤ pupil_grid) or use a larger pupil_grid")
+                "would wrap around: render through windows (optics window ≤ pupil_grid) or use a larger pupil_grid"
+            )
         cols = self.folded_dft_matrix(width)
         rows = cols if height == width else self.folded_dft_matrix(height)
         # the optics stays in the pupil's precision under mixed-precision training (no bf16 products)
@@ -301,9 +328,15 @@ class PupilModel(nn.Module):
         return intensity(field) / self.energy_norm
 
     # ------------------------------------------------------------------ PSFs on pixel grids
-    def psf_on_grid(self, xyz_um: Tensor, corner: Tensor, shape: tuple[int, int],
-                    phase_mask: Tensor | None = None, photons: Tensor | None = None,
-                    workspace: Workspace | None = None) -> Tensor:
+    def psf_on_grid(
+        self,
+        xyz_um: Tensor,
+        corner: Tensor,
+        shape: tuple[int, int],
+        phase_mask: Tensor | None = None,
+        photons: Tensor | None = None,
+        workspace: Workspace | None = None,
+    ) -> Tensor:
         """PSFs (intensity per photon, or expected photons per pixel) of emitters on pixel grids.
 
         Args:

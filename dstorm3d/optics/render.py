@@ -16,8 +16,13 @@ from torch import Tensor
 from .pupil import PupilModel, Workspace
 
 
-def intensity_filter(shape: tuple[int, int], sigma_px: Tensor | None, pixel_integration: bool,
-                     dtype: torch.dtype, device: torch.device) -> Tensor | None:
+def intensity_filter(
+    shape: tuple[int, int],
+    sigma_px: Tensor | None,
+    pixel_integration: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Tensor | None:
     """Transfer function ``(E or 1, H, W//2 + 1)`` for ``rfft2`` of intensity grids, or ``None``.
 
     A Gaussian of standard deviation σ (pixels) has transfer exp(−2π²σ²ν²) (ν in cycles/pixel); averaging
@@ -34,7 +39,7 @@ def intensity_filter(shape: tuple[int, int], sigma_px: Tensor | None, pixel_inte
         transfer = transfer * (torch.sinc(nu_y).unsqueeze(1) * torch.sinc(nu_x).unsqueeze(0))
     if sigma_px is not None:
         nu2 = nu_y.unsqueeze(1) ** 2 + nu_x.unsqueeze(0) ** 2
-        transfer = transfer * torch.exp(-2 * math.pi ** 2 * sigma_px.reshape(-1, 1, 1) ** 2 * nu2)
+        transfer = transfer * torch.exp(-2 * math.pi**2 * sigma_px.reshape(-1, 1, 1) ** 2 * nu2)
     return transfer
 
 
@@ -65,8 +70,10 @@ def add_patches(canvas: Tensor, patches: Tensor, corner: Tensor, frame_index: Te
     inside = (row >= 0) & (row <= height + p) & (col >= 0) & (col <= width + p)
     row, col = row.clamp(0, height + p), col.clamp(0, width + p)
     start = frame_index.long() * (pad_h * pad_w) + row * pad_w + col
-    offsets = (torch.arange(p, device=patches.device).unsqueeze(1) * pad_w
-               + torch.arange(p, device=patches.device).unsqueeze(0)).reshape(-1)
+    offsets = (
+        torch.arange(p, device=patches.device).unsqueeze(1) * pad_w
+        + torch.arange(p, device=patches.device).unsqueeze(0)
+    ).reshape(-1)
     index = (start.unsqueeze(1) + offsets.unsqueeze(0)).reshape(-1)
     source = (patches * inside.reshape(-1, 1, 1).to(patches.dtype)).reshape(-1)
     return canvas.view(-1).index_add_(0, index, source).view(n_frames, pad_h, pad_w)
@@ -87,11 +94,20 @@ def emitter_chunk(device: torch.device, grid: tuple[int, int], cache_bytes: int 
     return max(8, cache_bytes // (grid[0] * grid[1] * 8))
 
 
-def render_frames(pupil: PupilModel, xyz_um: Tensor, photons: Tensor, frame_index: Tensor, n_frames: int,
-                  frame_shape: tuple[int, int], window: int | None = None,
-                  blur_sigma_px: Tensor | float | None = None, pixel_integration: bool = False,
-                  phase_mask: Tensor | None = None, filter_margin: int = 8,
-                  chunk: int | None = -1) -> Tensor:
+def render_frames(
+    pupil: PupilModel,
+    xyz_um: Tensor,
+    photons: Tensor,
+    frame_index: Tensor,
+    n_frames: int,
+    frame_shape: tuple[int, int],
+    window: int | None = None,
+    blur_sigma_px: Tensor | float | None = None,
+    pixel_integration: bool = False,
+    phase_mask: Tensor | None = None,
+    filter_margin: int = 8,
+    chunk: int | None = -1,
+) -> Tensor:
     """Expected photons per pixel ``(n_frames, H, W)`` from a flat list of emitters.
 
     Args:
@@ -128,7 +144,8 @@ def render_frames(pupil: PupilModel, xyz_um: Tensor, photons: Tensor, frame_inde
             raise ValueError(
                 f"a {height}×{width}-pixel frame{' plus filter margins' if margin else ''} exceeds the DFT period "
                 f"of {pupil.setup.pupil_grid} pixels and would wrap around: render through windows "
-                f"(window ≤ {pupil.setup.pupil_grid}) or use a larger pupil_grid")
+                f"(window ≤ {pupil.setup.pupil_grid}) or use a larger pupil_grid"
+            )
     else:
         margin, grid = 0, (window, window)
     size = emitter_chunk(device, grid) if chunk == -1 else chunk
@@ -147,9 +164,11 @@ def render_frames(pupil: PupilModel, xyz_um: Tensor, photons: Tensor, frame_inde
         psf = pupil.psf_on_grid(xyz, corner, grid, phase_mask, photons=photons[part], workspace=workspace)
         psf = _filtered(psf, transfer)
         if canvas is None:
-            frames.index_add_(0, frame_index[part].long(), psf[:, margin:margin + height, margin:margin + width])
+            frames.index_add_(
+                0, frame_index[part].long(), psf[:, margin : margin + height, margin : margin + width]
+            )
         else:
             add_patches(canvas, psf, corner, frame_index[part])
     if canvas is not None:
-        frames = canvas[:, window:window + height, window:window + width]
+        frames = canvas[:, window : window + height, window : window + width]
     return frames

@@ -71,8 +71,16 @@ class OpticalSetup:
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
-        positive = ("wavelength_um", "na", "n_immersion", "n_sample", "camera_pixel_um", "magnification",
-                    "f4f_mm", "mask_pixel_um")
+        positive = (
+            "wavelength_um",
+            "na",
+            "n_immersion",
+            "n_sample",
+            "camera_pixel_um",
+            "magnification",
+            "f4f_mm",
+            "mask_pixel_um",
+        )
         for name in positive:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -82,21 +90,27 @@ class OpticalSetup:
         if self.na >= self.n_immersion:
             raise SetupError(
                 f"optics.na = {self.na} must be smaller than optics.n_immersion = {self.n_immersion} "
-                "(no objective collects light beyond its immersion index): lower na or raise n_immersion")
+                "(no objective collects light beyond its immersion index): lower na or raise n_immersion"
+            )
         z0, z1 = self.z_range_um
         if not (len(self.z_range_um) == 2 and z1 > z0):
-            raise SetupError(f"optics.z_range_um must be (z_min, z_max) with z_max > z_min, got {self.z_range_um}")
+            raise SetupError(
+                f"optics.z_range_um must be (z_min, z_max) with z_max > z_min, got {self.z_range_um}"
+            )
         if z0 < 0:
             raise SetupError(f"optics.z_range_um starts below the coverslip (z_min = {z0} µm): use z_min ≥ 0")
         if self.pupil_grid < 16:
-            raise SetupError(f"optics.pupil_grid = {self.pupil_grid} is too small: use at least 16 (203 or more "
-                             "keeps the model within 2 % of the exact integral)")
+            raise SetupError(
+                f"optics.pupil_grid = {self.pupil_grid} is too small: use at least 16 (203 or more "
+                "keeps the model within 2 % of the exact integral)"
+            )
         if 2 * math.ceil(self.pupil_radius_px) + 1 > self.pupil_grid:
             raise SetupError(
                 f"the pupil (radius {self.pupil_radius_px:.1f} samples) does not fit the {self.pupil_grid}² grid: "
                 f"the camera pixel at the sample ({self.pixel_size_um * 1e3:.1f} nm) exceeds the field's Nyquist "
                 f"limit λ/(2·NA) = {self.wavelength_um / (2 * self.aperture_na) * 1e3:.1f} nm; "
-                "raise the magnification or use a smaller camera pixel")
+                "raise the magnification or use a smaller camera pixel"
+            )
 
     # ------------------------------------------------------------------ derived quantities
     def natural_grid(self) -> int:
@@ -132,7 +146,12 @@ class OpticalSetup:
     @property
     def mask_scale(self) -> float:
         """Mask pixel in pupil samples, ``N·Δ_mask·Δ_camera/(λ·f_4f)`` (1 at the natural grid)."""
-        return self.pupil_grid * self.mask_pixel_um * self.camera_pixel_um / (self.wavelength_um * self.f4f_mm * 1e3)
+        return (
+            self.pupil_grid
+            * self.mask_pixel_um
+            * self.camera_pixel_um
+            / (self.wavelength_um * self.f4f_mm * 1e3)
+        )
 
     @property
     def z_span_um(self) -> float:
@@ -143,7 +162,8 @@ class OpticalSetup:
         if window_px > self.pupil_grid:
             raise SetupError(
                 f"a {window_px}-pixel render window exceeds the DFT period of {self.pupil_grid} pixels, so the PSF "
-                f"would wrap around: use a window of at most {self.pupil_grid} pixels or a larger optics.pupil_grid")
+                f"would wrap around: use a window of at most {self.pupil_grid} pixels or a larger optics.pupil_grid"
+            )
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -153,14 +173,14 @@ class OpticalSetup:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "OpticalSetup":
+    def from_dict(cls, data: dict[str, Any]) -> OpticalSetup:
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
             raise SetupError(f"unknown optical-setup field(s) {sorted(unknown)}; known: {sorted(known)}")
         return cls(**data)
 
-    def replace(self, **changes: Any) -> "OpticalSetup":
+    def replace(self, **changes: Any) -> OpticalSetup:
         """A copy with some fields changed (re-validated). Changing λ, f or pixels keeps an explicit N."""
         return replace(self, **changes)
 
@@ -168,9 +188,19 @@ class OpticalSetup:
 def storm_setup(**overrides: Any) -> OpticalSetup:
     """The paper's STORM (mitochondria, printed Tetrapod) setup, reference.md §2."""
     params: dict[str, Any] = dict(
-        wavelength_um=0.67, na=1.45, n_immersion=1.518, n_sample=1.33, camera_pixel_um=11.0,
-        magnification=100.0, f4f_mm=100.0, mask_pixel_um=30.0, nfp_um=1.5, z_range_um=(0.0, 4.0),
-        pupil_grid=203, aperture="water", name="storm",
+        wavelength_um=0.67,
+        na=1.45,
+        n_immersion=1.518,
+        n_sample=1.33,
+        camera_pixel_um=11.0,
+        magnification=100.0,
+        f4f_mm=100.0,
+        mask_pixel_um=30.0,
+        nfp_um=1.5,
+        z_range_um=(0.0, 4.0),
+        pupil_grid=203,
+        aperture="water",
+        name="storm",
     )
     params.update(overrides)
     return OpticalSetup(**params)
@@ -179,9 +209,19 @@ def storm_setup(**overrides: Any) -> OpticalSetup:
 def telomere_setup(**overrides: Any) -> OpticalSetup:
     """The paper's telomere (model Tetrapod / learned PSF) setup: z 2–6 µm, NFP 4.5 µm."""
     params: dict[str, Any] = dict(
-        wavelength_um=0.58, na=1.45, n_immersion=1.518, n_sample=1.33, camera_pixel_um=11.0,
-        magnification=100.0, f4f_mm=150.0, mask_pixel_um=24.0, nfp_um=4.5, z_range_um=(2.0, 6.0),
-        pupil_grid=329, aperture="water", name="telomere",
+        wavelength_um=0.58,
+        na=1.45,
+        n_immersion=1.518,
+        n_sample=1.33,
+        camera_pixel_um=11.0,
+        magnification=100.0,
+        f4f_mm=150.0,
+        mask_pixel_um=24.0,
+        nfp_um=4.5,
+        z_range_um=(2.0, 6.0),
+        pupil_grid=329,
+        aperture="water",
+        name="telomere",
     )
     params.update(overrides)
     return OpticalSetup(**params)

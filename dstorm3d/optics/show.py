@@ -34,14 +34,14 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from dstorm3d.errors import UserInputError
 from dstorm3d.optics.config import mask_from_config, setup_from_config
 from dstorm3d.optics.crlb import crlb
 from dstorm3d.optics.masks import BUILTIN_MASKS, aperture_support
-from dstorm3d.utils.files import atomic_write
 from dstorm3d.optics.pupil import PupilModel
-from dstorm3d.errors import UserInputError
 from dstorm3d.optics.setup import OpticalSetup
 from dstorm3d.utils.cli import exit_on_bad_overrides, run_or_exit
+from dstorm3d.utils.files import atomic_write
 from dstorm3d.utils.paths import CONFIG_DIR, register_root
 from dstorm3d.utils.validate import flag, integer, number
 
@@ -68,7 +68,7 @@ class ShowSettings:
     crlb_window_px: int | None
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "ShowSettings":
+    def from_config(cls, config: Mapping[str, Any]) -> ShowSettings:
         def get(key: str) -> Any:
             return f"show.{key}", config.get(key)
 
@@ -90,9 +90,12 @@ def describe_mask_source(optics: Mapping[str, Any]) -> dict[str, Any]:
     spec = str(optics.get("mask"))
     if spec in BUILTIN_MASKS:
         return {"kind": "built-in", "name": spec}
-    return {"kind": "file", "path": str(Path(spec).expanduser().resolve()),
-            "variable": optics.get("mask_variable"),
-            "resample_mask": bool(optics.get("resample_mask", False))}
+    return {
+        "kind": "file",
+        "path": str(Path(spec).expanduser().resolve()),
+        "variable": optics.get("mask_variable"),
+        "resample_mask": bool(optics.get("resample_mask", False)),
+    }
 
 
 # ---------------------------------------------------------------------------------------- computing
@@ -101,12 +104,12 @@ class SetupView:
     """Everything the files show, computed before any of them is written."""
 
     setup: OpticalSetup
-    mask: np.ndarray           # (N, N) rad
+    mask: np.ndarray  # (N, N) rad
     mask_source: dict[str, Any]
     settings: ShowSettings
-    z_um: np.ndarray           # (Z,) PSF slices
-    psf: np.ndarray            # (Z, P, P) float32, per photon
-    crlb_z_um: np.ndarray      # (Zc,)
+    z_um: np.ndarray  # (Z,) PSF slices
+    psf: np.ndarray  # (Z, P, P) float32, per photon
+    crlb_z_um: np.ndarray  # (Zc,)
     bounds: dict[str, np.ndarray]  # crlb() output, each (Zc,)
 
     @property
@@ -128,10 +131,24 @@ def compute_view(optics: Mapping[str, Any], settings: ShowSettings) -> SetupView
     crlb_z_um = np.linspace(z0, z1, settings.crlb_z_points)
     with torch.no_grad():
         psf = pupil.psf_zstack(z_um, settings.window_px).numpy().astype(np.float32)
-    bounds = crlb(pupil, crlb_z_um, photons=settings.photons, background=settings.background,
-                  window=settings.crlb_window_px, emccd=settings.emccd)
-    return SetupView(setup=setup, mask=mask, mask_source=describe_mask_source(optics), settings=settings,
-                     z_um=z_um, psf=psf, crlb_z_um=crlb_z_um, bounds=bounds)
+    bounds = crlb(
+        pupil,
+        crlb_z_um,
+        photons=settings.photons,
+        background=settings.background,
+        window=settings.crlb_window_px,
+        emccd=settings.emccd,
+    )
+    return SetupView(
+        setup=setup,
+        mask=mask,
+        mask_source=describe_mask_source(optics),
+        settings=settings,
+        z_um=z_um,
+        psf=psf,
+        crlb_z_um=crlb_z_um,
+        bounds=bounds,
+    )
 
 
 # ---------------------------------------------------------------------------------------- figures
@@ -168,11 +185,14 @@ def montage_figure(view: SetupView) -> Any:
             title += f"\npeak {peak:.2e}"
         ax.set_title(title, fontsize=9)
     size_um = window * view.setup.pixel_size_um
-    scale = ("shared colour scale" if view.settings.shared_colour_scale
-             else "each slice scaled 0 to its own peak")
-    figure.suptitle(f"{view.setup.name}, mask {_mask_label(view.mask_source)}: PSF per photon\n"
-                    f"{window}×{window} px ({size_um:.2f} µm), NFP {view.setup.nfp_um:g} µm; {scale}",
-                    fontsize=10)
+    scale = (
+        "shared colour scale" if view.settings.shared_colour_scale else "each slice scaled 0 to its own peak"
+    )
+    figure.suptitle(
+        f"{view.setup.name}, mask {_mask_label(view.mask_source)}: PSF per photon\n"
+        f"{window}×{window} px ({size_um:.2f} µm), NFP {view.setup.nfp_um:g} µm; {scale}",
+        fontsize=10,
+    )
     if view.settings.shared_colour_scale and image is not None:
         bar = figure.colorbar(image, ax=axes.tolist(), shrink=0.8)
         bar.set_label("fraction of the emitted photons per pixel")
@@ -191,12 +211,21 @@ def phase_mask_figure(view: SetupView) -> Any:
     hi = (crop.stop - 1 - centre + 0.5) * rho_per_sample
     figure = _new_figure(5.2, 4.4)
     ax = figure.subplots()
-    image = ax.imshow(wrapped[crop, crop], cmap="twilight", vmin=-math.pi, vmax=math.pi,
-                      extent=(lo, hi, hi, lo), interpolation="nearest")
+    image = ax.imshow(
+        wrapped[crop, crop],
+        cmap="twilight",
+        vmin=-math.pi,
+        vmax=math.pi,
+        extent=(lo, hi, hi, lo),
+        interpolation="nearest",
+    )
     ax.set_xlabel("ρx = n·sinθ")
     ax.set_ylabel("ρy = n·sinθ")
-    ax.set_title(f"{view.setup.name}: phase mask {_mask_label(view.mask_source)}\n"
-                 f"inside the aperture (ρ < {setup.aperture_na:g}), N = {setup.pupil_grid}", fontsize=10)
+    ax.set_title(
+        f"{view.setup.name}: phase mask {_mask_label(view.mask_source)}\n"
+        f"inside the aperture (ρ < {setup.aperture_na:g}), N = {setup.pupil_grid}",
+        fontsize=10,
+    )
     bar = figure.colorbar(image, ax=ax, ticks=[-math.pi, -math.pi / 2, 0, math.pi / 2, math.pi])
     bar.ax.set_yticklabels(["−π", "−π/2", "0", "π/2", "π"])
     bar.set_label("wrapped phase (rad)")
@@ -210,8 +239,12 @@ def crlb_figure(view: SetupView) -> Any:
     ax = figure.subplots()
     for key, label in (("x_nm", "x"), ("y_nm", "y"), ("z_nm", "z")):
         values = view.bounds[key]
-        ax.plot(view.crlb_z_um, values, marker="." if values.size < 60 else None,
-                label=f"{label} (mean {values.mean():.2f} nm)")
+        ax.plot(
+            view.crlb_z_um,
+            values,
+            marker="." if values.size < 60 else None,
+            label=f"{label} (mean {values.mean():.2f} nm)",
+        )
     ax.axvline(view.setup.nfp_um, color="0.6", linestyle="--", linewidth=1, label="NFP")
     ax.set_xlabel("z above the coverslip (µm)")
     ax.set_ylabel("CRLB (nm)")
@@ -219,8 +252,11 @@ def crlb_figure(view: SetupView) -> Any:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     noise = ", EMCCD excess noise (×√2)" if settings.emccd else ""
-    ax.set_title(f"{view.setup.name}, mask {_mask_label(view.mask_source)}: {settings.photons:,.0f} photons, "
-                 f"{settings.background:g} background photons/px{noise}", fontsize=9)
+    ax.set_title(
+        f"{view.setup.name}, mask {_mask_label(view.mask_source)}: {settings.photons:,.0f} photons, "
+        f"{settings.background:g} background photons/px{noise}",
+        fontsize=9,
+    )
     return figure
 
 
@@ -246,14 +282,21 @@ def summary(view: SetupView) -> dict[str, Any]:
     return {
         "setup": view.setup.to_dict(),
         "mask": view.mask_source,
-        "psf": {"z_um": [round(float(z), 6) for z in view.z_um], "window_px": settings.window_px,
-                "pixel_size_um": view.setup.pixel_size_um,
-                "window_photon_fraction": {"min": float(fraction.min()), "mean": float(fraction.mean())},
-                "colour_scale": "shared" if settings.shared_colour_scale else "per slice"},
-        "crlb": {"photons": settings.photons, "background": settings.background, "emccd": settings.emccd,
-                 "window_px": settings.crlb_window_px or view.setup.pupil_grid,
-                 "z_points": settings.crlb_z_points,
-                 "mean_nm": {axis: float(view.bounds[f"{axis}_nm"].mean()) for axis in ("x", "y", "z")}},
+        "psf": {
+            "z_um": [round(float(z), 6) for z in view.z_um],
+            "window_px": settings.window_px,
+            "pixel_size_um": view.setup.pixel_size_um,
+            "window_photon_fraction": {"min": float(fraction.min()), "mean": float(fraction.mean())},
+            "colour_scale": "shared" if settings.shared_colour_scale else "per slice",
+        },
+        "crlb": {
+            "photons": settings.photons,
+            "background": settings.background,
+            "emccd": settings.emccd,
+            "window_px": settings.crlb_window_px or view.setup.pupil_grid,
+            "z_points": settings.crlb_z_points,
+            "mean_nm": {axis: float(view.bounds[f"{axis}_nm"].mean()) for axis in ("x", "y", "z")},
+        },
         "files": list(OUTPUT_FILES),
     }
 
@@ -262,9 +305,15 @@ def write_outputs(view: SetupView, folder: Path) -> list[Path]:
     """Write every output file atomically into ``folder``; return their paths."""
     import tifffile
 
-    description = json.dumps({"z_um": [float(z) for z in view.z_um], "unit": "fraction of photons per pixel",
-                              "pixel_size_um": view.setup.pixel_size_um, "setup": view.setup.name,
-                              "mask": view.mask_source})
+    description = json.dumps(
+        {
+            "z_um": [float(z) for z in view.z_um],
+            "unit": "fraction of photons per pixel",
+            "pixel_size_um": view.setup.pixel_size_um,
+            "setup": view.setup.name,
+            "mask": view.mask_source,
+        }
+    )
     writers = {
         "psf_zstack.tif": lambda p: tifffile.imwrite(p, view.psf, description=description),
         "psf_montage.png": lambda p: montage_figure(view).savefig(p),
@@ -273,8 +322,7 @@ def write_outputs(view: SetupView, folder: Path) -> list[Path]:
         "crlb.png": lambda p: crlb_figure(view).savefig(p),
         "summary.json": lambda p: p.write_text(json.dumps(summary(view), indent=2) + "\n"),
     }
-    return [atomic_write(folder / name, writers[name], overwrite=True)
-            for name in OUTPUT_FILES]
+    return [atomic_write(folder / name, writers[name], overwrite=True) for name in OUTPUT_FILES]
 
 
 def show(cfg: DictConfig) -> None:
@@ -285,8 +333,10 @@ def show(cfg: DictConfig) -> None:
     folder = Path(HydraConfig.get().runtime.output_dir)
     paths = write_outputs(view, folder)
     means = summary(view)["crlb"]["mean_nm"]
-    print(f"{view.setup.name} with mask {_mask_label(view.mask_source)}: mean CRLB x {means['x']:.2f}, "
-          f"y {means['y']:.2f}, z {means['z']:.2f} nm")
+    print(
+        f"{view.setup.name} with mask {_mask_label(view.mask_source)}: mean CRLB x {means['x']:.2f}, "
+        f"y {means['y']:.2f}, z {means['z']:.2f} nm"
+    )
     print(f"wrote {len(paths)} files to {folder}:")
     for path in paths:
         print(f"  {path.name}")

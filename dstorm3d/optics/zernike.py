@@ -29,8 +29,15 @@ def zernike_radial(n: int, m_abs: int, rho: np.ndarray) -> np.ndarray:
     """Radial polynomial ``R_n^|m|(ρ)``."""
     out = np.zeros_like(rho, dtype=np.float64)
     for k in range((n - m_abs) // 2 + 1):
-        coeff = ((-1) ** k * math.factorial(n - k)
-                 / (math.factorial(k) * math.factorial((n + m_abs) // 2 - k) * math.factorial((n - m_abs) // 2 - k)))
+        coeff = (
+            (-1) ** k
+            * math.factorial(n - k)
+            / (
+                math.factorial(k)
+                * math.factorial((n + m_abs) // 2 - k)
+                * math.factorial((n - m_abs) // 2 - k)
+            )
+        )
         out += coeff * rho ** (n - 2 * k)
     return out
 
@@ -72,6 +79,19 @@ def zernike_basis(indices: list[int], size: int, radius_px: float) -> np.ndarray
 
 # The model Tetrapod (4 µm range): Noll index -> coefficient in rad on the water-limited unit disc.
 TETRAPOD_COEFFICIENTS: dict[int, float] = {
-    4: 1.815, 5: -0.579, 6: 0.858, 11: 0.531, 12: -1.772, 13: 1.226, 14: 0.045, 15: -0.138,
-    22: 0.070, 23: 0.102, 24: -0.137, 25: 0.042, 26: -0.027, 27: -0.170, 28: -0.038,
+    4: 1.815,
+    5: -0.579,
+    6: 0.858,
+    11: 0.531,
+    12: -1.772,
+    13: 1.226,
+    14: 0.045,
+    15: -0.138,
+    22: 0.070,
+    23: 0.102,
+    24: -0.137,
+    25: 0.042,
+    26: -0.027,
+    27: -0.170,
+    28: -0.038,
 }

@@ -31,7 +31,7 @@ def detection_mask(logit: Tensor, threshold: float = 0.5) -> tuple[Tensor, Tenso
     height, width = candidate.shape[-2:]
     earlier = torch.zeros_like(candidate)
     for dr, dc in _EARLIER_NEIGHBOURS:
-        earlier |= padded[:, 1 + dr: 1 + dr + height, 1 + dc: 1 + dc + width]
+        earlier |= padded[:, 1 + dr : 1 + dr + height, 1 + dc : 1 + dc + width]
     return candidate & ~earlier, local_sum.squeeze(1)
 
 

@@ -149,8 +149,9 @@ def refine_centroid(volume: Tensor, peaks: Tensor, threshold: float, radius: int
     return (centre + torch.cat(shift)).flip(-1)
 
 
-def _log_parabola_vertex(lower: Tensor, mid: Tensor, upper: Tensor, index: Tensor, size: int,
-                         sigma: float) -> Tensor:
+def _log_parabola_vertex(
+    lower: Tensor, mid: Tensor, upper: Tensor, index: Tensor, size: int, sigma: float
+) -> Tensor:
     """Sub-voxel shift of a Gaussian's centre from samples at ``index − 1, index, index + 1`` (logs)."""
     curvature = lower - 2.0 * mid + upper
     interior = 0.5 * (lower - upper) / torch.where(curvature < 0, curvature, -1.0)
@@ -179,8 +180,11 @@ def refine_gaussian(volume: Tensor, peaks: Tensor, sigma_voxels: float = 1.0) ->
     for axis, size in ((3, width), (2, height), (1, depth)):  # c, r, k
         others = tuple(a for a in (1, 2, 3) if a != axis)
         profile = cube.sum(dim=others).clamp_min(tiny).log()  # (N, 3)
-        shifts.append(_log_parabola_vertex(profile[:, 0], profile[:, 1], profile[:, 2], peaks[:, axis],
-                                           size, sigma_voxels))
+        shifts.append(
+            _log_parabola_vertex(
+                profile[:, 0], profile[:, 1], profile[:, 2], peaks[:, axis], size, sigma_voxels
+            )
+        )
     return peaks[:, 1:].flip(-1).to(volume.dtype) + torch.stack(shifts, dim=-1).to(volume.dtype)
 
 

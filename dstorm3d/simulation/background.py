@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -43,8 +43,13 @@ def _check_frames(batch: int, shape: Sequence[int]) -> tuple[int, int, int]:
     return batch, int(shape[0]), int(shape[1])
 
 
-def _as_range(name: str, value: Any, minimum: float | None = 0.0, maximum: float | None = None,
-              strictly_positive: bool = False) -> tuple[float, float]:
+def _as_range(
+    name: str,
+    value: Any,
+    minimum: float | None = 0.0,
+    maximum: float | None = None,
+    strictly_positive: bool = False,
+) -> tuple[float, float]:
     """A number (→ (v, v)) or a (lo, hi) pair, validated."""
     if isinstance(value, Sequence) and not isinstance(value, str):
         if len(value) != 2:
@@ -66,15 +71,21 @@ def _as_range(name: str, value: Any, minimum: float | None = 0.0, maximum: float
     return lo, hi
 
 
-def _uniform(batch: int, bounds: tuple[float, float], generator: torch.Generator | None,
-             device: torch.device, extra: Sequence[int] = ()) -> Tensor:
+def _uniform(
+    batch: int,
+    bounds: tuple[float, float],
+    generator: torch.Generator | None,
+    device: torch.device,
+    extra: Sequence[int] = (),
+) -> Tensor:
     """``(batch, *extra)`` draws from U(lo, hi)."""
     u = torch.rand((batch, *extra), generator=generator, device=device)
     return bounds[0] + (bounds[1] - bounds[0]) * u
 
 
-def _frame_subrange(batch: int, level_range: tuple[float, float], generator: torch.Generator | None,
-                    device: torch.device) -> tuple[Tensor, Tensor]:
+def _frame_subrange(
+    batch: int, level_range: tuple[float, float], generator: torch.Generator | None, device: torch.device
+) -> tuple[Tensor, Tensor]:
     """Per-frame ``[lo_f, hi_f] ⊂ level_range`` (two sorted uniforms), each ``(B, 1, 1)``."""
     pair = _uniform(batch, level_range, generator, device, extra=(2,)).sort(dim=1).values
     return pair[:, 0].view(batch, 1, 1), pair[:, 1].view(batch, 1, 1)
@@ -84,8 +95,9 @@ def _rescale(unit_or_raw: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     """Min–max scale every frame of ``(B, H, W)`` to exactly [lo_f, hi_f] (flat frames: the middle)."""
     fmin = unit_or_raw.amin(dim=(-2, -1), keepdim=True)
     span = unit_or_raw.amax(dim=(-2, -1), keepdim=True) - fmin
-    unit = torch.where(span > 0, (unit_or_raw - fmin) / span.clamp_min(1e-30),
-                       torch.full_like(unit_or_raw, 0.5))
+    unit = torch.where(
+        span > 0, (unit_or_raw - fmin) / span.clamp_min(1e-30), torch.full_like(unit_or_raw, 0.5)
+    )
     return lo + (hi - lo) * unit
 
 
@@ -97,8 +109,9 @@ def _pixel_centres(h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor
     return xx.unsqueeze(0), yy.unsqueeze(0)
 
 
-def _elliptic_radius2(xx: Tensor, yy: Tensor, cx: Tensor, cy: Tensor, major: Tensor, minor: Tensor,
-                      angle: Tensor) -> Tensor:
+def _elliptic_radius2(
+    xx: Tensor, yy: Tensor, cx: Tensor, cy: Tensor, major: Tensor, minor: Tensor, angle: Tensor
+) -> Tensor:
     """Squared normalised radius ``(u/major)² + (v/minor)²`` of rotated ellipses; parameters ``(B, K, 1, 1)``,
     grids ``(1, 1, H, W)``; returns ``(B, K, H, W)``."""
     dx, dy = xx - cx, yy - cy
@@ -109,16 +122,24 @@ def _elliptic_radius2(xx: Tensor, yy: Tensor, cx: Tensor, cy: Tensor, major: Ten
 
 
 # ---------------------------------------------------------------------------------------------- models
-def zero_background(batch: int, shape: Sequence[int], generator: torch.Generator | None = None,
-                    device: torch.device | str | None = None) -> Tensor:
+def zero_background(
+    batch: int,
+    shape: Sequence[int],
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """No background: zeros ``(B, H, W)`` (the paper's STORM setup)."""
     b, h, w = _check_frames(batch, shape)
     return torch.zeros(b, h, w, device=_device(device, generator))
 
 
-def uniform_background(batch: int, shape: Sequence[int], level: Level,
-                       generator: torch.Generator | None = None,
-                       device: torch.device | str | None = None) -> Tensor:
+def uniform_background(
+    batch: int,
+    shape: Sequence[int],
+    level: Level,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """A flat background per frame, ``(B, H, W)`` photons/px.
 
     ``level``: a number, or a (lo, hi) range from which each frame's level is drawn uniformly.
@@ -130,10 +151,16 @@ def uniform_background(batch: int, shape: Sequence[int], level: Level,
     return levels.view(b, 1, 1).expand(b, h, w).contiguous()
 
 
-def super_gaussian_background(batch: int, shape: Sequence[int], level_range: Level = (20.0, 150.0),
-                              width_fraction: Level = (0.3, 0.8), order: Level = (2.0, 4.0),
-                              aspect: Level = (0.6, 1.0), generator: torch.Generator | None = None,
-                              device: torch.device | str | None = None) -> Tensor:
+def super_gaussian_background(
+    batch: int,
+    shape: Sequence[int],
+    level_range: Level = (20.0, 150.0),
+    width_fraction: Level = (0.3, 0.8),
+    order: Level = (2.0, 4.0),
+    aspect: Level = (0.6, 1.0),
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """The paper's non-uniform background: one flat-topped super-Gaussian blob per frame, ``(B, H, W)``.
 
     Per frame: blob ``exp(-(ρ²)^p)`` with ρ² = (u/w)² + (v/(a·w))² in a frame rotated by a random angle,
@@ -157,16 +184,23 @@ def super_gaussian_background(batch: int, shape: Sequence[int], level_range: Lev
     angle = math.pi * params[:, 5]
     xx, yy = _pixel_centres(h, w, dev)
     rho2 = _elliptic_radius2(xx.unsqueeze(0), yy.unsqueeze(0), cx, cy, major, minor, angle)[:, 0]
-    blob = torch.exp(-rho2 ** p[:, 0])
+    blob = torch.exp(-(rho2 ** p[:, 0]))
     return _rescale(blob, lo, hi)
 
 
-def cell_like_background(batch: int, shape: Sequence[int], level_range: Level = (20.0, 150.0),
-                         correlation_px: float = 10.0, cell_count: Level = (0, 3),
-                         cell_radius_px: Level = (10.0, 30.0), cell_aspect: Level = (0.5, 1.0),
-                         edge_px: float = 3.0, cell_contrast: Level = (0.5, 1.5),
-                         generator: torch.Generator | None = None,
-                         device: torch.device | str | None = None) -> Tensor:
+def cell_like_background(
+    batch: int,
+    shape: Sequence[int],
+    level_range: Level = (20.0, 150.0),
+    correlation_px: float = 10.0,
+    cell_count: Level = (0, 3),
+    cell_radius_px: Level = (10.0, 30.0),
+    cell_aspect: Level = (0.5, 1.0),
+    edge_px: float = 3.0,
+    cell_contrast: Level = (0.5, 1.5),
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """Cell-like background: smooth random field + soft-edged elliptic cells, ``(B, H, W)`` photons/px.
 
     The field is white noise low-pass filtered with a Gaussian of ``correlation_px`` pixels (scaled to
@@ -228,8 +262,13 @@ class BackgroundModel:
     kind: str
     params: Mapping[str, Any] = field(default_factory=dict)
 
-    def __call__(self, batch: int, shape: Sequence[int], generator: torch.Generator | None = None,
-                 device: torch.device | str | None = None) -> Tensor:
+    def __call__(
+        self,
+        batch: int,
+        shape: Sequence[int],
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
         """``(B, H, W)`` background in photons/px."""
         return BACKGROUNDS[self.kind](batch, shape, generator=generator, device=device, **self.params)
 
@@ -245,14 +284,18 @@ def background_from_config(config: Mapping[str, Any]) -> BackgroundModel:
     """
     if not isinstance(config, Mapping):
         raise ValueError(
-            f"background config must be a mapping with a 'kind' key, got {type(config).__name__}")
+            f"background config must be a mapping with a 'kind' key, got {type(config).__name__}"
+        )
     kind = config.get("kind")
     if kind not in BACKGROUNDS:
         raise ValueError(f"background.kind must be one of {sorted(BACKGROUNDS)}, got {kind!r}")
     signature = inspect.signature(BACKGROUNDS[kind])
     allowed = [name for name in signature.parameters if name not in _CALL_ARGS]
-    params = {k: (tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v)
-              for k, v in config.items() if k != "kind"}
+    params = {
+        k: (tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v)
+        for k, v in config.items()
+        if k != "kind"
+    }
     for key in params:
         if key not in allowed:
             raise ValueError(f"unknown background key {key!r} for kind {kind!r}; allowed keys: {allowed}")

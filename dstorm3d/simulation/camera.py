@@ -87,8 +87,12 @@ def _as_param(name: str, value: Any, minimum: float | None = None) -> Param:
         if not math.isfinite(value) or (minimum is not None and value < minimum):
             raise ValueError(f"camera.{name} must be a finite number ≥ {minimum}, got {value!r}")
         return value
-    elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2 \
-            and all(is_number(v) for v in value):
+    elif (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) == 2
+        and all(is_number(v) for v in value)
+    ):
         lo, hi = float(value[0]), float(value[1])
         if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
             raise ValueError(f"camera.{name} range must be (lo, hi) with lo ≤ hi, got {list(value)}")
@@ -99,8 +103,9 @@ def _as_param(name: str, value: Any, minimum: float | None = None) -> Param:
         try:
             t = torch.as_tensor(np.asarray(value, dtype=np.float32))
         except (TypeError, ValueError):
-            raise ValueError(f"camera.{name} must be a number, a (lo, hi) pair or a numeric array, "
-                             f"got {value!r}") from None
+            raise ValueError(
+                f"camera.{name} must be a number, a (lo, hi) pair or a numeric array, got {value!r}"
+            ) from None
     else:
         raise ValueError(f"camera.{name} must be a number, a (lo, hi) pair or a tensor, got {value!r}")
     if not torch.isfinite(t).all():
@@ -132,8 +137,10 @@ def _broadcast_param(name: str, value: Tensor, like: Tensor) -> Tensor:
     except RuntimeError:
         shape = None
     if shape != like.shape:
-        raise ValueError(f"camera.{name} of shape {tuple(t.shape)} does not broadcast to frames of shape "
-                         f"{tuple(like.shape)}")
+        raise ValueError(
+            f"camera.{name} of shape {tuple(t.shape)} does not broadcast to frames of shape "
+            f"{tuple(like.shape)}"
+        )
     return t
 
 
@@ -157,8 +164,12 @@ def shot_noise(mu: Tensor, generator: torch.Generator | None = None, differentia
     return torch.poisson(mu.detach().clamp_min(0.0), generator=generator)
 
 
-def sample_gamma(concentration: Tensor, scale: float | Tensor = 1.0, generator: torch.Generator | None = None,
-                 max_rounds: int = 100) -> Tensor:
+def sample_gamma(
+    concentration: Tensor,
+    scale: float | Tensor = 1.0,
+    generator: torch.Generator | None = None,
+    max_rounds: int = 100,
+) -> Tensor:
     """Gamma(shape = ``concentration``, ``scale``) draws, elementwise, using ``generator``.
 
     Marsaglia & Tsang (2000) squeeze-free rejection, vectorised: every round redraws only the rejected
@@ -195,14 +206,20 @@ def sample_gamma(concentration: Tensor, scale: float | Tensor = 1.0, generator: 
         if pending.numel():
             raise RuntimeError(f"gamma sampler did not converge in {max_rounds} rounds")
     u = torch.rand(a.shape, generator=generator, device=a.device, dtype=a.dtype)
-    boost = torch.where(boosted & (flat_alpha > 0), u ** (1.0 / flat_alpha.clamp_min(1e-30)),
-                        torch.ones_like(u))
+    boost = torch.where(
+        boosted & (flat_alpha > 0), u ** (1.0 / flat_alpha.clamp_min(1e-30)), torch.ones_like(u)
+    )
     out = torch.where(flat_alpha == 0, torch.zeros_like(out), out * boost)
     return out.reshape(alpha.shape) * torch.as_tensor(scale, dtype=out.dtype, device=out.device)
 
 
-def smooth_unit_field(shape: Sequence[int], correlation_px: float, generator: torch.Generator | None = None,
-                      device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+def smooth_unit_field(
+    shape: Sequence[int],
+    correlation_px: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """Smooth random fields of shape ``(..., H, W)``, each min–max scaled to exactly [0, 1].
 
     White Gaussian noise low-pass filtered in Fourier space by a Gaussian kernel of standard deviation
@@ -221,7 +238,11 @@ def smooth_unit_field(shape: Sequence[int], correlation_px: float, generator: to
     noise = torch.randn((*lead, ph, pw), generator=generator, device=device, dtype=dtype)
     if correlation_px > 0:
         rows = lowpass_matrix(h, ph, correlation_px).to(device=device, dtype=dtype)
-        cols = rows if (w, pw) == (h, ph) else lowpass_matrix(w, pw, correlation_px).to(device=device, dtype=dtype)
+        cols = (
+            rows
+            if (w, pw) == (h, ph)
+            else lowpass_matrix(w, pw, correlation_px).to(device=device, dtype=dtype)
+        )
         field = rows @ noise @ cols.transpose(0, 1)
     else:
         field = noise[..., :h, :w]
@@ -238,14 +259,20 @@ def lowpass_matrix(keep: int, period: int, correlation_px: float) -> Tensor:
     as matrix products that compute only the ``keep`` samples used (cheaper on CPUs than FFTs here).
     Float64 on the CPU, cached (callers convert; do not modify the result in place)."""
     nu = torch.fft.fftfreq(period, dtype=torch.float64)
-    taps = torch.fft.ifft(torch.exp(-2 * math.pi ** 2 * correlation_px ** 2 * nu ** 2)).real  # c[m]
+    taps = torch.fft.ifft(torch.exp(-2 * math.pi**2 * correlation_px**2 * nu**2)).real  # c[m]
     lag = torch.remainder(torch.arange(keep).unsqueeze(1) - torch.arange(period).unsqueeze(0), period)
     return taps[lag]
 
 
-def smooth_random_map(shape: Sequence[int], lo: float | Tensor, hi: float | Tensor, correlation_px: float,
-                      generator: torch.Generator | None = None, device: torch.device | str | None = None,
-                      dtype: torch.dtype = torch.float32) -> Tensor:
+def smooth_random_map(
+    shape: Sequence[int],
+    lo: float | Tensor,
+    hi: float | Tensor,
+    correlation_px: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """A smooth random field of shape ``(..., H, W)`` spanning exactly [lo, hi] (each field separately).
 
     ``lo``/``hi`` are numbers or tensors broadcasting to ``(..., 1, 1)`` (e.g. per-frame ``(B, 1, 1)``).
@@ -272,8 +299,9 @@ class Camera(Protocol):
 
     kind: ClassVar[str]
 
-    def sample(self, mu_photons: Tensor, generator: torch.Generator | None = None,
-               differentiable: bool = False) -> Tensor: ...
+    def sample(
+        self, mu_photons: Tensor, generator: torch.Generator | None = None, differentiable: bool = False
+    ) -> Tensor: ...
 
     def to_photons(self, adu: Tensor) -> Tensor: ...
 
@@ -286,8 +314,9 @@ class IdealCamera:
 
     kind: ClassVar[str] = "ideal"
 
-    def sample(self, mu_photons: Tensor, generator: torch.Generator | None = None,
-               differentiable: bool = False) -> Tensor:
+    def sample(
+        self, mu_photons: Tensor, generator: torch.Generator | None = None, differentiable: bool = False
+    ) -> Tensor:
         """Noisy photons, shape of ``mu_photons``."""
         return shot_noise(mu_photons, generator, differentiable)
 
@@ -299,7 +328,7 @@ class IdealCamera:
         return {"kind": self.kind}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "IdealCamera":
+    def from_dict(cls, data: Mapping[str, Any]) -> IdealCamera:
         _check_keys(cls, data)
         return cls()
 
@@ -329,8 +358,9 @@ class ReadoutCamera:
             correlation = _check_non_negative("read_noise_correlation_px", self.read_noise_correlation_px)
             object.__setattr__(self, "read_noise_correlation_px", correlation)
 
-    def draw_parameters(self, mu_photons: Tensor,
-                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def draw_parameters(
+        self, mu_photons: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Baseline and σ for these frames, each broadcasting against ``mu_photons`` (ranges are drawn)."""
         mu = _as_float_tensor(mu_photons)
         if isinstance(self.baseline, tuple):
@@ -342,14 +372,16 @@ class ReadoutCamera:
             if self.read_noise_correlation_px is None or mu.ndim < 2:
                 sigma = _per_frame_uniform(self.read_noise, mu, generator)
             else:
-                sigma = smooth_random_map(mu.shape, lo, hi, self.read_noise_correlation_px, generator,
-                                          mu.device, mu.dtype)
+                sigma = smooth_random_map(
+                    mu.shape, lo, hi, self.read_noise_correlation_px, generator, mu.device, mu.dtype
+                )
         else:
             sigma = _broadcast_param("read_noise", torch.as_tensor(self.read_noise), mu)
         return baseline, sigma
 
-    def sample(self, mu_photons: Tensor, generator: torch.Generator | None = None,
-               differentiable: bool = False) -> Tensor:
+    def sample(
+        self, mu_photons: Tensor, generator: torch.Generator | None = None, differentiable: bool = False
+    ) -> Tensor:
         """Counts = Poisson(μ) + baseline + N(0, σ²), shape of ``mu_photons``."""
         mu = _as_float_tensor(mu_photons)
         baseline, sigma = self.draw_parameters(mu, generator)
@@ -372,11 +404,15 @@ class ReadoutCamera:
         return adu - baseline
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "baseline": _plain(self.baseline), "read_noise": _plain(self.read_noise),
-                "read_noise_correlation_px": self.read_noise_correlation_px}
+        return {
+            "kind": self.kind,
+            "baseline": _plain(self.baseline),
+            "read_noise": _plain(self.read_noise),
+            "read_noise_correlation_px": self.read_noise_correlation_px,
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ReadoutCamera":
+    def from_dict(cls, data: Mapping[str, Any]) -> ReadoutCamera:
         """From plain data: a flat pair is a (lo, hi) range, a nested list a per-pixel/per-frame tensor."""
         _check_keys(cls, data)
         return cls(**{k: v for k, v in data.items() if k != "kind"})
@@ -416,8 +452,9 @@ class EMCCD:
         object.__setattr__(self, "read_noise_e", _check_non_negative("read_noise_e", self.read_noise_e))
         object.__setattr__(self, "e_per_adu", _check_positive("e_per_adu", self.e_per_adu))
         object.__setattr__(self, "baseline_adu", _check_non_negative("baseline_adu", self.baseline_adu))
-        object.__setattr__(self, "spurious_charge_e",
-                           _check_non_negative("spurious_charge_e", self.spurious_charge_e))
+        object.__setattr__(
+            self, "spurious_charge_e", _check_non_negative("spurious_charge_e", self.spurious_charge_e)
+        )
 
     def expected_electrons(self, mu_photons: Tensor) -> Tensor:
         """λ = QE·μ + spurious charge: mean photo-electrons entering the EM register, shape of μ."""
@@ -429,13 +466,14 @@ class EMCCD:
         electrons = torch.poisson(lam, generator=generator)
         return sample_gamma(electrons, self.em_gain, generator)
 
-    def sample(self, mu_photons: Tensor, generator: torch.Generator | None = None,
-               differentiable: bool = False) -> Tensor:
+    def sample(
+        self, mu_photons: Tensor, generator: torch.Generator | None = None, differentiable: bool = False
+    ) -> Tensor:
         """ADU, shape of ``mu_photons`` (integer-valued floats)."""
         mu = _as_float_tensor(mu_photons)
         if differentiable:
             lam = self.expected_electrons(mu.clamp_min(0.0))
-            var = 2 * self.em_gain ** 2 * lam + self.read_noise_e ** 2
+            var = 2 * self.em_gain**2 * lam + self.read_noise_e**2
             eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
             out_e = self.em_gain * lam + torch.sqrt(var.clamp_min(_SQRT_FLOOR)) * eps
             return _floor_straight_through(out_e / self.e_per_adu) + self.baseline_adu
@@ -453,13 +491,21 @@ class EMCCD:
         return {"kind": self.kind, **{f.name: getattr(self, f.name) for f in fields(self)}}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "EMCCD":
+    def from_dict(cls, data: Mapping[str, Any]) -> EMCCD:
         _check_keys(cls, data)
         return cls(**{k: v for k, v in data.items() if k != "kind"})
 
 
-_SCMOS_DRAW_KEYS = ("shape", "seed", "offset_mean", "offset_std", "gain_mean", "gain_std", "read_var_mean",
-                    "read_var_std")
+_SCMOS_DRAW_KEYS = (
+    "shape",
+    "seed",
+    "offset_mean",
+    "offset_std",
+    "gain_mean",
+    "gain_std",
+    "read_var_mean",
+    "read_var_std",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -507,10 +553,20 @@ class SCMOS:
         return None
 
     @classmethod
-    def random(cls, shape: Sequence[int], generator: np.random.Generator | torch.Generator | None = None, *,
-               qe: float = 0.8, offset_mean: float = 100.0, offset_std: float = 1.0, gain_mean: float = 2.2,
-               gain_std: float = 0.1, read_var_mean: float = 4.0, read_var_std: float = 4.0,
-               device: torch.device | str | None = None) -> "SCMOS":
+    def random(
+        cls,
+        shape: Sequence[int],
+        generator: np.random.Generator | torch.Generator | None = None,
+        *,
+        qe: float = 0.8,
+        offset_mean: float = 100.0,
+        offset_std: float = 1.0,
+        gain_mean: float = 2.2,
+        gain_std: float = 0.1,
+        read_var_mean: float = 4.0,
+        read_var_std: float = 4.0,
+        device: torch.device | str | None = None,
+    ) -> SCMOS:
         """Calibration maps of ``shape = (H, W)`` drawn per pixel.
 
         offset ~ N(offset_mean, offset_std²); gain ~ N(gain_mean, gain_std²) clipped at 5 % of the mean;
@@ -526,7 +582,7 @@ class SCMOS:
         _check_positive("gain_mean", gain_mean)
         _check_positive("read_var_mean", read_var_mean)
         sigma_ln = math.sqrt(math.log1p((read_var_std / read_var_mean) ** 2))
-        mu_ln = math.log(read_var_mean) - 0.5 * sigma_ln ** 2
+        mu_ln = math.log(read_var_mean) - 0.5 * sigma_ln**2
         if isinstance(generator, np.random.Generator):
             z = torch.as_tensor(generator.standard_normal((3, h, w)), dtype=torch.float32, device=device)
         else:
@@ -540,11 +596,14 @@ class SCMOS:
         shape = self.frame_shape
         if shape is not None and (like.ndim < 2 or tuple(like.shape[-2:]) != shape):
             raise ValueError(f"frames of shape {tuple(like.shape)} do not match the sCMOS maps {shape}")
-        return tuple(torch.as_tensor(getattr(self, n), device=like.device, dtype=like.dtype)  # type: ignore
-                     for n in ("offset_adu", "gain_adu_per_e", "read_var_adu2"))
+        return tuple(
+            torch.as_tensor(getattr(self, n), device=like.device, dtype=like.dtype)  # type: ignore
+            for n in ("offset_adu", "gain_adu_per_e", "read_var_adu2")
+        )
 
-    def sample(self, mu_photons: Tensor, generator: torch.Generator | None = None,
-               differentiable: bool = False) -> Tensor:
+    def sample(
+        self, mu_photons: Tensor, generator: torch.Generator | None = None, differentiable: bool = False
+    ) -> Tensor:
         """ADU, shape of ``mu_photons`` (``(..., H, W)``)."""
         mu = _as_float_tensor(mu_photons)
         offset, gain, read_var = self._maps(mu)
@@ -562,7 +621,7 @@ class SCMOS:
         return {"kind": self.kind, **{f.name: _plain(getattr(self, f.name)) for f in fields(self)}}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "SCMOS":
+    def from_dict(cls, data: Mapping[str, Any]) -> SCMOS:
         """Explicit maps (``offset_adu``, ``gain_adu_per_e``, ``read_var_adu2``, ``qe``), or drawn maps when
         ``shape`` is given (keys ``shape, seed, qe, offset_mean, offset_std, gain_mean, gain_std,
         read_var_mean, read_var_std``; ``seed`` feeds ``numpy.random.default_rng``)."""

@@ -62,8 +62,10 @@ def _check_photons(spec: Any) -> dict[str, Any]:
     extra = sorted(set(spec) - set(keys) - {"kind"})
     missing = [k for k in keys if k not in spec]
     if extra or missing:
-        raise ValueError(f"sampler.photons of kind {kind!r} takes exactly the keys {list(keys)}; "
-                         f"unknown {extra}, missing {missing}")
+        raise ValueError(
+            f"sampler.photons of kind {kind!r} takes exactly the keys {list(keys)}; "
+            f"unknown {extra}, missing {missing}"
+        )
     out: dict[str, Any] = {"kind": kind}
     for key in keys:
         value = spec[key]
@@ -111,7 +113,8 @@ class EmitterSampler:
     density_per_um2: tuple[float, float] | None = None
     count_range: tuple[int, int] | None = None
     photons: Mapping[str, Any] = field(
-        default_factory=lambda: {"kind": "gamma", "shape": 3.0, "scale": 3000.0})
+        default_factory=lambda: {"kind": "gamma", "shape": 3.0, "scale": 3000.0}
+    )
     label_min_photons: float = 0.0
     min_distance_um: float | None = None
     margin_px: float = 0.0
@@ -120,8 +123,11 @@ class EmitterSampler:
 
     def __post_init__(self) -> None:
         shape = self.frame_shape
-        if not (isinstance(shape, Sequence) and len(shape) == 2
-                and all(is_number(s) and int(s) == s and s >= 1 for s in shape)):
+        if not (
+            isinstance(shape, Sequence)
+            and len(shape) == 2
+            and all(is_number(s) and int(s) == s and s >= 1 for s in shape)
+        ):
             raise ValueError(f"sampler.frame_shape must be (H, W) with positive integers, got {shape!r}")
         object.__setattr__(self, "frame_shape", (int(shape[0]), int(shape[1])))
         dx = self.pixel_size_um
@@ -156,7 +162,7 @@ class EmitterSampler:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_setup(cls, setup: "OpticalSetup", frame_shape: Sequence[int], **kwargs: Any) -> "EmitterSampler":
+    def from_setup(cls, setup: OpticalSetup, frame_shape: Sequence[int], **kwargs: Any) -> EmitterSampler:
         """A sampler with the setup's pixel size and (by default) z range; a given z range must lie
         inside the setup's."""
         kwargs.setdefault("z_range_um", setup.z_range_um)
@@ -164,23 +170,29 @@ class EmitterSampler:
         sampler.check_setup(setup)
         return sampler
 
-    def check_setup(self, setup: "OpticalSetup") -> None:
+    def check_setup(self, setup: OpticalSetup) -> None:
         """Raise when the pixel size differs from the setup's or the z range leaves the setup's."""
         if not math.isclose(self.pixel_size_um, setup.pixel_size_um, rel_tol=1e-9):
-            raise ValueError(f"sampler.pixel_size_um = {self.pixel_size_um} µm differs from the optical "
-                             f"setup's {setup.pixel_size_um} µm")
+            raise ValueError(
+                f"sampler.pixel_size_um = {self.pixel_size_um} µm differs from the optical "
+                f"setup's {setup.pixel_size_um} µm"
+            )
         (z0, z1), (s0, s1) = self.z_range_um, setup.z_range_um
         if z0 < s0 - 1e-12 or z1 > s1 + 1e-12:
-            raise ValueError(f"sampler.z_range_um = {list(self.z_range_um)} lies outside the optical setup's "
-                             f"z range {list(setup.z_range_um)}")
+            raise ValueError(
+                f"sampler.z_range_um = {list(self.z_range_um)} lies outside the optical setup's "
+                f"z range {list(setup.z_range_um)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists instead of tuples)."""
-        return {k: (list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v)
-                for k, v in asdict(self).items()}
+        return {
+            k: (list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v)
+            for k, v in asdict(self).items()
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "EmitterSampler":
+    def from_dict(cls, data: Mapping[str, Any]) -> EmitterSampler:
         known = sorted(cls.__dataclass_fields__)
         for key in data:
             if key not in known:
@@ -233,10 +245,12 @@ class EmitterSampler:
         areas = np.array([full_width * m, full_width * m, m * height, m * height])
         strip = rng.choice(4, size=n, p=areas / areas.sum())
         u = rng.uniform(0.0, 1.0, size=(n, 2))
-        x = np.where(strip < 2, -m + u[:, 0] * full_width,
-                     np.where(strip == 2, -m + u[:, 0] * m, width + u[:, 0] * m))
-        y = np.where(strip == 0, -m + u[:, 1] * m,
-                     np.where(strip == 1, height + u[:, 1] * m, u[:, 1] * height))
+        x = np.where(
+            strip < 2, -m + u[:, 0] * full_width, np.where(strip == 2, -m + u[:, 0] * m, width + u[:, 0] * m)
+        )
+        y = np.where(
+            strip == 0, -m + u[:, 1] * m, np.where(strip == 1, height + u[:, 1] * m, u[:, 1] * height)
+        )
         return np.stack([x, y], axis=1)
 
     def _draw_positions(self, rng: np.random.Generator, in_frame: np.ndarray) -> np.ndarray:
@@ -253,13 +267,13 @@ class EmitterSampler:
         close to an already placed one is redrawn in its region, up to ``max_tries`` draws in all, else
         dropped.
         Returns the ``(k, 3)`` placed positions (in order)."""
-        d2 = self.min_distance_um ** 2
+        d2 = self.min_distance_um**2
         placed: list[np.ndarray] = []
         for i in range(len(xyz)):
             candidate = xyz[i]
             for attempt in range(self.max_tries):
                 if attempt:
-                    candidate = self._draw_positions(rng, in_frame[i:i + 1])[0]
+                    candidate = self._draw_positions(rng, in_frame[i : i + 1])[0]
                 if not placed or np.min(np.sum((np.asarray(placed) - candidate) ** 2, axis=1)) >= d2:
                     placed.append(candidate)
                     break
@@ -298,8 +312,9 @@ class EmitterSampler:
         return {"xyz": xyz, "photons": photons, "labelled": labelled}
 
 
-def ellipsoid_surface(rng: np.random.Generator, n: int, centre_um: Sequence[float],
-                      radii_um: Sequence[float]) -> np.ndarray:
+def ellipsoid_surface(
+    rng: np.random.Generator, n: int, centre_um: Sequence[float], radii_um: Sequence[float]
+) -> np.ndarray:
     """``(n, 3)`` points distributed uniformly by area on the surface of an axis-aligned ellipsoid (µm).
 
     A uniform direction u on the unit sphere maps to ``centre + radii·u``; that map stretches area by
@@ -328,8 +343,11 @@ def ellipsoid_surface(rng: np.random.Generator, n: int, centre_um: Sequence[floa
     return centre + directions * radii
 
 
-def to_emitters(samples: Sequence[Mapping[str, np.ndarray]], device: torch.device | str | None = None,
-                dtype: torch.dtype = torch.float32) -> Emitters:
+def to_emitters(
+    samples: Sequence[Mapping[str, np.ndarray]],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Emitters:
     """Pad per-frame sample dicts (``xyz``, ``photons``, ``labelled``) into one ``Emitters`` batch
     (``B = len(samples)``, ``M`` = the largest count)."""
     return Emitters.from_lists(

@@ -37,8 +37,15 @@ from dstorm3d.simulation.camera import camera_from_config
 from dstorm3d.simulation.sampling import EmitterSampler
 
 STREAMS = {"train": 0, "val": 1, "test": 2}
-SIMULATION_KEYS = ("frame_shape", "emitters", "background", "camera", "blur_sigma_px", "pixel_integration",
-                   "render_window")
+SIMULATION_KEYS = (
+    "frame_shape",
+    "emitters",
+    "background",
+    "camera",
+    "blur_sigma_px",
+    "pixel_integration",
+    "render_window",
+)
 
 
 def check_simulation_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -54,7 +61,9 @@ def check_simulation_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def emitter_sampler(simulation: Mapping[str, Any], setup: OpticalSetup) -> EmitterSampler:
     """The :class:`EmitterSampler` of a simulation config for an optical setup."""
-    return EmitterSampler.from_setup(setup, tuple(simulation["frame_shape"]), **dict(simulation.get("emitters") or {}))
+    return EmitterSampler.from_setup(
+        setup, tuple(simulation["frame_shape"]), **dict(simulation.get("emitters") or {})
+    )
 
 
 def stream_seed(*parts: int | str) -> int:
@@ -78,8 +87,16 @@ class EmitterDataset(Dataset):
     ``blur_sigma (n,)`` pixels (absent without blur), ``background (H, W)`` photons/px, ``index ()``.
     """
 
-    def __init__(self, sampler: EmitterSampler, background: BackgroundModel, size: int, seed: int,
-                 stream: str = "train", epoch: int = 0, blur_sigma_px: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        sampler: EmitterSampler,
+        background: BackgroundModel,
+        size: int,
+        seed: int,
+        stream: str = "train",
+        epoch: int = 0,
+        blur_sigma_px: Sequence[float] | None = None,
+    ) -> None:
         if size < 1:
             raise ValueError(f"a simulated data set needs at least one sample, got size={size}")
         self.sampler, self.background = sampler, background
@@ -98,11 +115,15 @@ class EmitterDataset(Dataset):
         rng = self.rng(index)
         sample = self.sampler.sample(rng)
         n = len(sample["photons"])
-        item = {"xyz": sample["xyz"].astype(np.float32), "photons": sample["photons"].astype(np.float32),
-                "labelled": sample["labelled"].astype(bool), "index": np.int64(index)}
+        item = {
+            "xyz": sample["xyz"].astype(np.float32),
+            "photons": sample["photons"].astype(np.float32),
+            "labelled": sample["labelled"].astype(bool),
+            "index": np.int64(index),
+        }
         if self.blur is not None:
             item["blur_sigma"] = rng.uniform(self.blur[0], self.blur[1], n).astype(np.float32)
-        generator = torch.Generator().manual_seed(int(rng.integers(0, 2 ** 62)))
+        generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
         item["background"] = self.background(1, self.sampler.frame_shape, generator=generator)[0].numpy()
         return item
 
@@ -125,11 +146,16 @@ def collate_samples(items: Sequence[Mapping[str, np.ndarray]]) -> dict[str, Tens
             out[valid] = np.concatenate([it[key] for it in items]).reshape(-1, *trailing)
         return torch.from_numpy(out)
 
-    batch = {"xyz": padded("xyz", np.float32, (3,)), "photons": padded("photons", np.float32),
-             "valid": torch.from_numpy(valid), "labelled": padded("labelled", np.bool_),
-             "background": torch.from_numpy(np.stack([it["background"] for it in items]).astype(np.float32,
-                                                                                               copy=False)),
-             "index": torch.from_numpy(np.array([int(it["index"]) for it in items], dtype=np.int64))}
+    batch = {
+        "xyz": padded("xyz", np.float32, (3,)),
+        "photons": padded("photons", np.float32),
+        "valid": torch.from_numpy(valid),
+        "labelled": padded("labelled", np.bool_),
+        "background": torch.from_numpy(
+            np.stack([it["background"] for it in items]).astype(np.float32, copy=False)
+        ),
+        "index": torch.from_numpy(np.array([int(it["index"]) for it in items], dtype=np.int64)),
+    }
     if has_blur:
         batch["blur_sigma"] = padded("blur_sigma", np.float32)
     return batch
@@ -147,8 +173,13 @@ class FrameSimulator(nn.Module):
     camera model. ``forward`` returns frames in camera counts ``(B, H, W)``.
     """
 
-    def __init__(self, setup: OpticalSetup, phase_mask: np.ndarray | Tensor | None, simulation: Mapping[str, Any],
-                 learnable_mask: bool = False) -> None:
+    def __init__(
+        self,
+        setup: OpticalSetup,
+        phase_mask: np.ndarray | Tensor | None,
+        simulation: Mapping[str, Any],
+        learnable_mask: bool = False,
+    ) -> None:
         super().__init__()
         simulation = check_simulation_config(simulation)
         self.setup = setup
@@ -160,7 +191,8 @@ class FrameSimulator(nn.Module):
         if self.render_window is None and max(self.frame_shape) > setup.pupil_grid:
             raise ValueError(
                 f"simulation.frame_shape {list(self.frame_shape)} exceeds the DFT period of {setup.pupil_grid} px: "
-                f"set simulation.render_window to at most {setup.pupil_grid}")
+                f"set simulation.render_window to at most {setup.pupil_grid}"
+            )
 
     def expected_photons(self, batch: Mapping[str, Tensor], phase_mask: Tensor | None = None) -> Tensor:
         """Noise-free image ``(B, H, W)``: rendered emitters + background, photons per pixel."""
@@ -169,18 +201,34 @@ class FrameSimulator(nn.Module):
         photons = batch["photons"][valid]
         frames = torch.arange(valid.shape[0], device=valid.device).unsqueeze(1).expand_as(valid)[valid]
         blur = batch["blur_sigma"][valid] if "blur_sigma" in batch else None
-        signal = render_frames(self.pupil, xyz, photons, frames, valid.shape[0], self.frame_shape,
-                               window=self.render_window, blur_sigma_px=blur,
-                               pixel_integration=self.pixel_integration, phase_mask=phase_mask)
+        signal = render_frames(
+            self.pupil,
+            xyz,
+            photons,
+            frames,
+            valid.shape[0],
+            self.frame_shape,
+            window=self.render_window,
+            blur_sigma_px=blur,
+            pixel_integration=self.pixel_integration,
+            phase_mask=phase_mask,
+        )
         return signal + batch["background"].to(signal.dtype)
 
-    def forward(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None,
-                differentiable: bool = False, phase_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        batch: Mapping[str, Tensor],
+        generator: torch.Generator | None = None,
+        differentiable: bool = False,
+        phase_mask: Tensor | None = None,
+    ) -> Tensor:
         mu = self.expected_photons(batch, phase_mask)
         return self.camera.sample(mu, generator=generator, differentiable=differentiable)
 
 
-def simulation_parts(simulation: Mapping[str, Any], setup: OpticalSetup) -> tuple[EmitterSampler, BackgroundModel]:
+def simulation_parts(
+    simulation: Mapping[str, Any], setup: OpticalSetup
+) -> tuple[EmitterSampler, BackgroundModel]:
     """The sampler and background model of a simulation config."""
     simulation = check_simulation_config(simulation)
     sampler = emitter_sampler(simulation, setup)

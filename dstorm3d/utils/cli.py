@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from omegaconf.errors import OmegaConfBaseException
 
@@ -62,7 +63,7 @@ def one_line(exc: BaseException) -> str:
     if lines[0].startswith("Caught ") and "DataLoader worker" in lines[0] and len(lines) > 1:
         prefix = f"{type(exc).__name__}: "
         last = lines[-1].strip()
-        return last[len(prefix):] if last.startswith(prefix) else last
+        return last[len(prefix) :] if last.startswith(prefix) else last
     return lines[0]
 
 
@@ -114,8 +115,9 @@ def exit_on_bad_overrides(config_name: str, argv: list[str] | None = None) -> No
         return
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            compose(config_name=config_name.removesuffix(".yaml"), overrides=overrides,
-                    return_hydra_config=True)
+            compose(
+                config_name=config_name.removesuffix(".yaml"), overrides=overrides, return_hydra_config=True
+            )
     except (HydraException, OmegaConfBaseException) as exc:
         print(f"error: {composition_message(exc)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
@@ -16,7 +16,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], overwrite: boo
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; refusing to overwrite it (pass overwrite=true or choose another name)")
+        raise FileExistsError(
+            f"{path} exists; refusing to overwrite it (pass overwrite=true or choose another name)"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
@@ -56,7 +58,7 @@ class FolderLock:
         self.path = self.folder / LOCK_NAME
         self.held = False
 
-    def acquire(self) -> "FolderLock":
+    def acquire(self) -> FolderLock:
         from dstorm3d.errors import UserInputError
 
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -69,9 +71,11 @@ class FolderLock:
                 except (OSError, ValueError):
                     owner = 0
                 if owner and owner != os.getpid() and _alive(owner):
-                    raise UserInputError(f"{self.key}={self.folder} is in use by another run (process {owner}, "
-                                         f"lock {self.path}): wait for it to finish or choose another "
-                                         f"{self.key}=<folder>") from None
+                    raise UserInputError(
+                        f"{self.key}={self.folder} is in use by another run (process {owner}, "
+                        f"lock {self.path}): wait for it to finish or choose another "
+                        f"{self.key}=<folder>"
+                    ) from None
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
             with os.fdopen(fd, "w") as handle:
@@ -85,7 +89,7 @@ class FolderLock:
             self.path.unlink(missing_ok=True)
             self.held = False
 
-    def __enter__(self) -> "FolderLock":
+    def __enter__(self) -> FolderLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

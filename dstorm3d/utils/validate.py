@@ -28,7 +28,9 @@ MIN_FREE_BYTES = 64 * 1024 * 1024
 
 def is_number(value: Any) -> bool:
     """A real number (Python or numpy), not a bool."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
 
 
 def is_finite_number(value: Any) -> bool:
@@ -46,23 +48,49 @@ def _bounds(minimum: float | None, maximum: float | None, above: float | None) -
     return " and ".join(parts)
 
 
-def number(key: str, value: Any, *, minimum: float | None = None, maximum: float | None = None,
-           above: float | None = None, allow_none: bool = False, example: Any = None) -> float | None:
+def number(
+    key: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: float | None = None,
+    allow_none: bool = False,
+    example: Any = None,
+) -> float | None:
     """A finite number within the bounds (``above``: strictly greater), or ``None`` when allowed."""
     if value is None and allow_none:
         return None
     ok = is_finite_number(value)
     if ok:
         v = float(value)
-        ok = (minimum is None or v >= minimum) and (maximum is None or v <= maximum) and (above is None or v > above)
+        ok = (
+            (minimum is None or v >= minimum)
+            and (maximum is None or v <= maximum)
+            and (above is None or v > above)
+        )
     if not ok:
-        raise UserInputError(_message(key, value, f"a number {_bounds(minimum, maximum, above)}".rstrip(),
-                                      allow_none, example if example is not None else (minimum or above or 1)))
+        raise UserInputError(
+            _message(
+                key,
+                value,
+                f"a number {_bounds(minimum, maximum, above)}".rstrip(),
+                allow_none,
+                example if example is not None else (minimum or above or 1),
+            )
+        )
     return float(value)
 
 
-def integer(key: str, value: Any, *, minimum: int | None = None, maximum: int | None = None,
-            allow_none: bool = False, example: Any = None) -> int | None:
+def integer(
+    key: str,
+    value: Any,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    allow_none: bool = False,
+    example: Any = None,
+) -> int | None:
     """A whole number within the bounds, or ``None`` when allowed."""
     if value is None and allow_none:
         return None
@@ -72,8 +100,15 @@ def integer(key: str, value: Any, *, minimum: int | None = None, maximum: int | 
         ok = (minimum is None or v >= minimum) and (maximum is None or v <= maximum)
     if not ok:
         bounds = _bounds(minimum, maximum, None)
-        raise UserInputError(_message(key, value, f"a whole number {bounds}".rstrip(), allow_none,
-                                      example if example is not None else max(minimum or 1, 1)))
+        raise UserInputError(
+            _message(
+                key,
+                value,
+                f"a whole number {bounds}".rstrip(),
+                allow_none,
+                example if example is not None else max(minimum or 1, 1),
+            )
+        )
     return int(value)
 
 
@@ -86,11 +121,18 @@ def choice(key: str, value: Any, options: Sequence[Any]) -> Any:
 def pair(key: str, value: Any, *, minimum: float | None = None) -> tuple[float, float]:
     """A ``[lo, hi]`` range with lo ≤ hi (a single number means ``[v, v]``)."""
     both = [value, value] if is_finite_number(value) else value
-    if not (isinstance(both, (list, tuple)) and len(both) == 2 and all(is_finite_number(v) for v in both)
-            and both[0] <= both[1] and (minimum is None or both[0] >= minimum)):
+    if not (
+        isinstance(both, (list, tuple))
+        and len(both) == 2
+        and all(is_finite_number(v) for v in both)
+        and both[0] <= both[1]
+        and (minimum is None or both[0] >= minimum)
+    ):
         floor = f"{minimum:g} ≤ " if minimum is not None else ""
-        raise UserInputError(f"{key}={value!r}: must be a number or [lo, hi] with {floor}lo ≤ hi "
-                             f"(e.g. {key}=[{minimum or 0:g},1])")
+        raise UserInputError(
+            f"{key}={value!r}: must be a number or [lo, hi] with {floor}lo ≤ hi "
+            f"(e.g. {key}=[{minimum or 0:g},1])"
+        )
     return float(both[0]), float(both[1])
 
 
@@ -125,10 +167,13 @@ def writable_folder(key: str, folder: str | Path, min_free_bytes: int = MIN_FREE
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".dstorm3d-write-check-"):
             pass
     except OSError as exc:
-        raise UserInputError(f"{key}={folder}: cannot write there ({exc.strerror or exc}): choose another "
-                             f"{key}=<folder>") from None
+        raise UserInputError(
+            f"{key}={folder}: cannot write there ({exc.strerror or exc}): choose another {key}=<folder>"
+        ) from None
     free = shutil.disk_usage(folder).free
     if free < min_free_bytes:
-        raise UserInputError(f"{key}={folder}: only {free / 1e6:.0f} MB free on its disk (need "
-                             f"{min_free_bytes / 1e6:.0f} MB): free some space or choose another {key}=<folder>")
+        raise UserInputError(
+            f"{key}={folder}: only {free / 1e6:.0f} MB free on its disk (need "
+            f"{min_free_bytes / 1e6:.0f} MB): free some space or choose another {key}=<folder>"
+        )
     return folder

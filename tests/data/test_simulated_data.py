@@ -11,15 +11,38 @@ from dstorm3d.data.simulated import SimulatedDataModule
 from dstorm3d.optics.config import setup_from_config
 from dstorm3d.simulation.simulator import FrameSimulator, batch_emitters, batch_generator, collate_samples
 
-OPTICS = dict(name="storm", wavelength_um=0.67, na=1.45, n_immersion=1.518, n_sample=1.33, camera_pixel_um=11.0,
-              magnification=100.0, f4f_mm=100.0, mask_pixel_um=30.0, nfp_um=1.5, z_range_um=[0.0, 4.0],
-              pupil_grid=203, aperture="water", mask="tetrapod", mask_variable=None, resample_mask=False)
-SIMULATION = dict(frame_shape=[24, 24],
-                  emitters=dict(count_range=[1, 6], photons=dict(kind="gamma", shape=3.0, scale=3000.0),
-                                label_min_photons=6000.0, margin_px=4),
-                  background=dict(kind="uniform", level=[10.0, 50.0]),
-                  camera=dict(kind="readout", baseline=[20.0, 40.0], read_noise=[8.0, 12.0]),
-                  blur_sigma_px=[0.99, 1.01], pixel_integration=False, render_window=None)
+OPTICS = dict(
+    name="storm",
+    wavelength_um=0.67,
+    na=1.45,
+    n_immersion=1.518,
+    n_sample=1.33,
+    camera_pixel_um=11.0,
+    magnification=100.0,
+    f4f_mm=100.0,
+    mask_pixel_um=30.0,
+    nfp_um=1.5,
+    z_range_um=[0.0, 4.0],
+    pupil_grid=203,
+    aperture="water",
+    mask="tetrapod",
+    mask_variable=None,
+    resample_mask=False,
+)
+SIMULATION = dict(
+    frame_shape=[24, 24],
+    emitters=dict(
+        count_range=[1, 6],
+        photons=dict(kind="gamma", shape=3.0, scale=3000.0),
+        label_min_photons=6000.0,
+        margin_px=4,
+    ),
+    background=dict(kind="uniform", level=[10.0, 50.0]),
+    camera=dict(kind="readout", baseline=[20.0, 40.0], read_noise=[8.0, 12.0]),
+    blur_sigma_px=[0.99, 1.01],
+    pixel_integration=False,
+    render_window=None,
+)
 
 
 def make_datamodule(**kwargs) -> SimulatedDataModule:
@@ -74,8 +97,14 @@ def test_training_loader_is_fresh_every_epoch_and_validation_fixed():
 
 def test_collate_pads_each_item_into_its_row():
     dataset = make_datamodule().dataset("train", epoch=0)
-    empty = dict(dataset[1], xyz=np.zeros((0, 3), np.float32), photons=np.zeros(0, np.float32),
-                 labelled=np.zeros(0, bool), blur_sigma=np.zeros(0, np.float32), index=np.int64(99))
+    empty = dict(
+        dataset[1],
+        xyz=np.zeros((0, 3), np.float32),
+        photons=np.zeros(0, np.float32),
+        labelled=np.zeros(0, bool),
+        blur_sigma=np.zeros(0, np.float32),
+        index=np.int64(99),
+    )
     items = [dataset[0], empty, dataset[2]]
     batch = collate_samples(items)
     counts = [len(it["photons"]) for it in items]

@@ -45,15 +45,15 @@ def zstack(tetrapod) -> PsfZStack:
     return PsfZStack(tetrapod, WINDOW)
 
 
-def isolated_emitter_frames(pupil: PupilModel, z_um: float, count: int, generator: torch.Generator
-                            ) -> tuple[Tensor, Tensor]:
+def isolated_emitter_frames(
+    pupil: PupilModel, z_um: float, count: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
     """``count`` WINDOW² frames, each one emitter in the central pixel (random sub-pixel position)."""
     sub_pixel = torch.rand(count, 2, generator=generator, dtype=torch.float64)
     xy = (WINDOW // 2 + sub_pixel) * PIXEL
     xyz = torch.cat([xy, torch.full((count, 1), z_um, dtype=torch.float64)], dim=1)
     psf = pupil.psf_on_grid(xyz, torch.zeros(2, dtype=torch.long), (WINDOW, WINDOW))
     return torch.poisson(PHOTONS * psf + BACKGROUND, generator=generator), xyz
-
 
 
 def test_fitter_precision_reaches_the_crlb(tetrapod, zstack):
@@ -108,15 +108,26 @@ def test_padding_passes_through_and_z_stays_in_range(tetrapod):
     """Padding entries are untouched; a start below the coverslip is pulled into the axial range; an
     emitter at the frame edge (window half outside) is still fitted."""
     truth = torch.tensor([[[1.5, 1.6, 0.05], [0.3, 2.0, 2.0]]], dtype=torch.float64)
-    mu = render_frames(tetrapod, truth[0], torch.full((2,), PHOTONS, dtype=torch.float64),
-                       torch.zeros(2, dtype=torch.long), 1, (40, 40)) + BACKGROUND
+    mu = (
+        render_frames(
+            tetrapod,
+            truth[0],
+            torch.full((2,), PHOTONS, dtype=torch.float64),
+            torch.zeros(2, dtype=torch.long),
+            1,
+            (40, 40),
+        )
+        + BACKGROUND
+    )
     frames = torch.poisson(mu, generator=torch.Generator().manual_seed(3))
     start = truth.clone()
     start[0, 0, 2] = -0.3
     start[0, 1, :2] += 0.04
-    padded = Emitters(torch.cat([start, torch.full((1, 1, 3), 9.0, dtype=torch.float64)], 1),
-                      torch.full((1, 3), float("nan"), dtype=torch.float64),
-                      torch.tensor([[True, True, False]]))
+    padded = Emitters(
+        torch.cat([start, torch.full((1, 1, 3), 9.0, dtype=torch.float64)], 1),
+        torch.full((1, 3), float("nan"), dtype=torch.float64),
+        torch.tensor([[True, True, False]]),
+    )
     fit = fit_emitters(tetrapod, frames, padded, window=WINDOW, joint=True)
     assert torch.equal(fit.emitters.xyz[0, 2], padded.xyz[0, 2]) and not bool(fit.emitters.valid[0, 2])
     assert SETUP.z_range_um[0] <= float(fit.emitters.xyz[0, 0, 2]) <= SETUP.z_range_um[1]
@@ -125,10 +136,20 @@ def test_padding_passes_through_and_z_stays_in_range(tetrapod):
 
 def test_joint_fit_separates_overlapping_emitters(tetrapod):
     """Two Tetrapods 8 px apart overlap: fitted alone they are biased by tens of nm, jointly not."""
-    truth = torch.tensor([[20.3 * PIXEL, 20.6 * PIXEL, 1.0], [27.8 * PIXEL, 24.1 * PIXEL, 2.6]],
-                         dtype=torch.float64)
-    mu = render_frames(tetrapod, truth, torch.full((2,), 20000.0, dtype=torch.float64),
-                       torch.zeros(2, dtype=torch.long), 1, (48, 48)) + 100.0
+    truth = torch.tensor(
+        [[20.3 * PIXEL, 20.6 * PIXEL, 1.0], [27.8 * PIXEL, 24.1 * PIXEL, 2.6]], dtype=torch.float64
+    )
+    mu = (
+        render_frames(
+            tetrapod,
+            truth,
+            torch.full((2,), 20000.0, dtype=torch.float64),
+            torch.zeros(2, dtype=torch.long),
+            1,
+            (48, 48),
+        )
+        + 100.0
+    )
     frames = torch.poisson(mu.expand(6, -1, -1), generator=torch.Generator().manual_seed(0))
     start = truth + torch.tensor([[0.05, -0.04, 0.15], [-0.05, 0.05, -0.15]], dtype=torch.float64)
     initial = [start.numpy()] * 6
@@ -145,10 +166,22 @@ def test_joint_fit_separates_overlapping_emitters(tetrapod):
 @pytest.fixture(scope="module")
 def separated_frames(tetrapod) -> tuple[Tensor, Tensor]:
     """Two 100² frames with the same three well-separated emitters (z 0.6, 2.1, 3.3 µm), two with none."""
-    truth = torch.tensor([[22.3 * PIXEL, 25.7 * PIXEL, 0.6], [74.1 * PIXEL, 30.2 * PIXEL, 2.1],
-                          [48.6 * PIXEL, 76.4 * PIXEL, 3.3]], dtype=torch.float64)
-    signal = render_frames(tetrapod, truth, torch.full((3,), PHOTONS, dtype=torch.float64),
-                           torch.zeros(3, dtype=torch.long), 1, (100, 100))
+    truth = torch.tensor(
+        [
+            [22.3 * PIXEL, 25.7 * PIXEL, 0.6],
+            [74.1 * PIXEL, 30.2 * PIXEL, 2.1],
+            [48.6 * PIXEL, 76.4 * PIXEL, 3.3],
+        ],
+        dtype=torch.float64,
+    )
+    signal = render_frames(
+        tetrapod,
+        truth,
+        torch.full((3,), PHOTONS, dtype=torch.float64),
+        torch.zeros(3, dtype=torch.long),
+        1,
+        (100, 100),
+    )
     mu = torch.cat([signal, signal, torch.zeros_like(signal), torch.zeros_like(signal)]) + BACKGROUND
     return torch.poisson(mu, generator=torch.Generator().manual_seed(3)), truth
 

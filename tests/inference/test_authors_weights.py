@@ -28,8 +28,9 @@ def authors_checkpoint(tmp_path) -> str:
     with composed("import_weights.yaml", [], tmp_path) as cfg:
         optics = OmegaConf.to_container(cfg.optics, resolve=True)
         simulation = OmegaConf.to_container(cfg.simulation, resolve=True)
-    checkpoint = build_authors_checkpoint(shared_path("pretrained", "deepstorm3d_tetrapod_storm_weights.pkl"),
-                                          optics, simulation)
+    checkpoint = build_authors_checkpoint(
+        shared_path("pretrained", "deepstorm3d_tetrapod_storm_weights.pkl"), optics, simulation
+    )
     path = tmp_path / "authors.ckpt"
     torch.save(checkpoint, path)
     return str(path)
@@ -40,7 +41,9 @@ def reference(name: str) -> dict[int, np.ndarray]:
         rows = list(csv.DictReader(fh))
     out: dict[int, list] = {}
     for r in rows:
-        out.setdefault(int(float(r["frame"])), []).append([float(r["x_nm"]), float(r["y_nm"]), float(r["z_nm"])])
+        out.setdefault(int(float(r["frame"])), []).append(
+            [float(r["x_nm"]), float(r["y_nm"]), float(r["z_nm"])]
+        )
     return {k: np.array(v) for k, v in out.items()}
 
 
@@ -62,10 +65,13 @@ def test_imported_network_matches_the_authors_on_the_reference_crop(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("frames", [
-    pytest.param((1,), id="frame1"),
-    pytest.param((1, 2, 3), id="frames1-3", marks=pytest.mark.long),
-])
+@pytest.mark.parametrize(
+    "frames",
+    [
+        pytest.param((1,), id="frame1"),
+        pytest.param((1, 2, 3), id="frames1-3", marks=pytest.mark.long),
+    ],
+)
 def test_infer_cli_with_the_authors_network_matches_their_full_frames(tmp_path, frames):
     """Whole 492 × 332 frames through infer.py (one tile each: the network takes ~45 s per frame on 2 CPU
     cores; tiling is checked against whole frames in test_tiling.py). CI runs frame 1; ``-m long`` all three."""
@@ -75,9 +81,23 @@ def test_infer_cli_with_the_authors_network_matches_their_full_frames(tmp_path, 
     for n in frames:
         (data / f"{n:02d}.tif").symlink_to(shared_path("experimental", "mito_tetrapod", f"{n:02d}.tif"))
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "infer.py"), f"ckpt={ckpt}", f"data={data}", f"out={out}",
-                             "tile=512", "batch_size=1", "num_workers=0", "overlay_frames=1", f"hydra.run.dir={out}"],
-                            capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "infer.py"),
+            f"ckpt={ckpt}",
+            f"data={data}",
+            f"out={out}",
+            "tile=512",
+            "batch_size=1",
+            "num_workers=0",
+            "overlay_frames=1",
+            f"hydra.run.dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     table = read_localizations(out / "localizations.csv")
     expected = reference("mito_frames01-03.csv")

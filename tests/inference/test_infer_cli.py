@@ -33,10 +33,23 @@ def test_a_nan_frame_is_named_even_from_a_dataloader_worker(checkpoint, tmp_path
     frames[2, 3, 4] = np.nan
     tifffile.imwrite(tmp_path / "nan.tif", frames, photometric="minisblack")
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "infer.py"), f"ckpt={checkpoint}",
-                             f"data={tmp_path / 'nan.tif'}", "allow_float=true", f"num_workers={workers}",
-                             "batch_size=1", f"out={out}", f"hydra.run.dir={tmp_path / 'hydra'}"],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "infer.py"),
+            f"ckpt={checkpoint}",
+            f"data={tmp_path / 'nan.tif'}",
+            "allow_float=true",
+            f"num_workers={workers}",
+            "batch_size=1",
+            f"out={out}",
+            f"hydra.run.dir={tmp_path / 'hydra'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "frame 2 (nan.tif, page 2) has 1 NaN/inf pixel(s)" in errors[0], errors
@@ -48,22 +61,31 @@ def test_one_line_unwraps_a_dataloader_worker_error():
     class RecordingError(ValueError):
         pass
 
-    wrapped = RecordingError("Caught RecordingError in DataLoader worker process 1.\nOriginal Traceback (most "
-                             "recent call last):\n  File \"x.py\", line 3, in f\n    raise ...\n"
-                             "RecordingError: frame 7 has 1 NaN/inf pixel(s)\n")
+    wrapped = RecordingError(
+        "Caught RecordingError in DataLoader worker process 1.\nOriginal Traceback (most "
+        'recent call last):\n  File "x.py", line 3, in f\n    raise ...\n'
+        "RecordingError: frame 7 has 1 NaN/inf pixel(s)\n"
+    )
     assert one_line(wrapped) == "frame 7 has 1 NaN/inf pixel(s)"
     assert one_line(ValueError("first line\nsecond")) == "first line"
     assert one_line(ValueError("")) == "ValueError"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("setting, key", [
-    ("batch_size=0", "batch_size=0"), ("num_workers=-1", "num_workers=-1"),
-    ("preprocessing.adu_per_photon=0", "preprocessing.adu_per_photon"),
-    ("preprocessing.baseline=abc", "preprocessing.baseline"), ("render_pixel_nm=0", "render_pixel_nm=0"),
-    ("margin=-3", "margin=-3"), ("threshold=-1", "threshold=-1"), ("threads=0", "threads"),
-    ("out={file}/inside", "out="),
-])
+@pytest.mark.parametrize(
+    "setting, key",
+    [
+        ("batch_size=0", "batch_size=0"),
+        ("num_workers=-1", "num_workers=-1"),
+        ("preprocessing.adu_per_photon=0", "preprocessing.adu_per_photon"),
+        ("preprocessing.baseline=abc", "preprocessing.baseline"),
+        ("render_pixel_nm=0", "render_pixel_nm=0"),
+        ("margin=-3", "margin=-3"),
+        ("threshold=-1", "threshold=-1"),
+        ("threads=0", "threads"),
+        ("out={file}/inside", "out="),
+    ],
+)
 def test_bad_settings_stop_with_one_line_before_any_work(checkpoint, tmp_path, setting, key):
     frames = np.random.default_rng(0).uniform(20, 60, (2, FRAME_PX, FRAME_PX)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "ok.tif", frames, photometric="minisblack")
@@ -72,8 +94,13 @@ def test_bad_settings_stop_with_one_line_before_any_work(checkpoint, tmp_path, s
     out = tmp_path / "out"
     args = [f"ckpt={checkpoint}", f"data={tmp_path / 'ok.tif'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
     args += [setting] if setting.startswith("out=") else [f"out={out}", setting]
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "infer.py"), *args], capture_output=True, text=True,
-                            timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "infer.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and key in lines[-1], lines[-3:]
@@ -94,8 +121,17 @@ def test_writable_folder_refuses_a_folder_that_cannot_be_made_or_is_full(tmp_pat
 
 
 def infer_command(checkpoint, data, out, tmp_path, *extra: str) -> list[str]:
-    return [sys.executable, str(REPO_ROOT / "infer.py"), f"ckpt={checkpoint}", f"data={data}", f"out={out}",
-            "num_workers=0", "overlay_frames=0", f"hydra.run.dir={tmp_path / 'hydra'}", *extra]
+    return [
+        sys.executable,
+        str(REPO_ROOT / "infer.py"),
+        f"ckpt={checkpoint}",
+        f"data={data}",
+        f"out={out}",
+        "num_workers=0",
+        "overlay_frames=0",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+        *extra,
+    ]
 
 
 def recording(tmp_path, frames: int):
@@ -108,13 +144,23 @@ def recording(tmp_path, frames: int):
 @pytest.mark.slow
 def test_two_concurrent_runs_on_one_out_leave_one_complete_output_and_one_clear_refusal(checkpoint, tmp_path):
     data, out = recording(tmp_path, 300), tmp_path / "out"
-    runs = [subprocess.Popen(infer_command(checkpoint, data, out, tmp_path / f"h{i}", "batch_size=1"),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path) for i in (0, 1)]
+    runs = [
+        subprocess.Popen(
+            infer_command(checkpoint, data, out, tmp_path / f"h{i}", "batch_size=1"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )
+        for i in (0, 1)
+    ]
     results = [(run.wait(timeout=600), *run.communicate()) for run in runs]
     codes = sorted(code for code, _, _ in results)
     assert codes == [0, 2], [r[2][-1500:] for r in results]
     refusal = next(err for code, _, err in results if code == 2).strip().splitlines()[-1]
-    assert refusal.startswith("error: ") and ("is in use by another run" in refusal or "exists" in refusal), refusal
+    assert refusal.startswith("error: ") and ("is in use by another run" in refusal or "exists" in refusal), (
+        refusal
+    )
     summary = json.loads((out / "summary.json").read_text())
     with open(out / "localizations.csv") as handle:
         rows = sum(1 for _ in handle) - 1
@@ -123,10 +169,16 @@ def test_two_concurrent_runs_on_one_out_leave_one_complete_output_and_one_clear_
 
 
 @pytest.mark.slow
-def test_a_run_killed_midway_leaves_nothing_that_looks_complete_and_the_rerun_takes_over(checkpoint, tmp_path):
+def test_a_run_killed_midway_leaves_nothing_that_looks_complete_and_the_rerun_takes_over(
+    checkpoint, tmp_path
+):
     data, out = recording(tmp_path, 2000), tmp_path / "out"
-    run = subprocess.Popen(infer_command(checkpoint, data, out, tmp_path, "batch_size=1"),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    run = subprocess.Popen(
+        infer_command(checkpoint, data, out, tmp_path, "batch_size=1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
     deadline = time.monotonic() + 240
     while not list(out.glob(".localizations.rank*.part.csv")) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -136,8 +188,13 @@ def test_a_run_killed_midway_leaves_nothing_that_looks_complete_and_the_rerun_ta
     assert not (out / "localizations.csv").exists() and not (out / "summary.json").exists()
     assert (out / ".dstorm3d.lock").read_text() == str(run.pid)  # stale: its process is gone
     small = recording(tmp_path, 3)
-    result = subprocess.run(infer_command(checkpoint, small, out, tmp_path / "again"), capture_output=True,
-                            text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        infer_command(checkpoint, small, out, tmp_path / "again"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-1500:]
     assert json.loads((out / "summary.json").read_text())["frames"] == 3
     assert not (out / ".dstorm3d.lock").exists()
@@ -160,10 +217,13 @@ def test_a_live_lock_is_refused_and_released_after_use(tmp_path):
     assert not (tmp_path / ".dstorm3d.lock").exists()
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("hyper_parameters", "incomplete dstorm3d checkpoint (no hyper_parameters)"),
-    ("half_state", "cannot be loaded as a LocalizerModule"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("hyper_parameters", "incomplete dstorm3d checkpoint (no hyper_parameters)"),
+        ("half_state", "cannot be loaded as a LocalizerModule"),
+    ],
+)
 def test_a_damaged_checkpoint_is_one_line(checkpoint, tmp_path, damage, message):
     import torch
 

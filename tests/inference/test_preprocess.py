@@ -12,8 +12,7 @@ from dstorm3d.simulation.camera import EMCCD
 
 def counts() -> np.ndarray:
     """Two ``(2, 3)`` frames in counts, with different minima (100 and 90)."""
-    return np.array([[[100, 110, 130], [160, 100, 120]],
-                     [[90, 95, 300], [90, 120, 90]]], dtype=np.uint16)
+    return np.array([[[100, 110, 130], [160, 100, 120]], [[90, 95, 300], [90, 120, 90]]], dtype=np.uint16)
 
 
 def test_defaults_only_clip_negatives():
@@ -28,8 +27,9 @@ def test_order_baseline_then_minimum_then_gain_then_clip():
     expected = (frames.astype(np.float32) - 95) / 10
     np.testing.assert_allclose(steps(frames), expected)  # baseline before gain: (90 − 95)/10, not 90/10 − 95
     assert steps(frames)[1, 0, 0] == pytest.approx(-0.5)
-    np.testing.assert_array_equal(Preprocessing(baseline=95.0, adu_per_photon=2.0, em_gain=5.0)(frames),
-                                  np.maximum(expected, 0))  # clipping comes last
+    np.testing.assert_array_equal(
+        Preprocessing(baseline=95.0, adu_per_photon=2.0, em_gain=5.0)(frames), np.maximum(expected, 0)
+    )  # clipping comes last
 
 
 def test_minimum_subtraction_per_frame():
@@ -43,9 +43,12 @@ def test_minimum_subtraction_per_frame():
 
 def test_adu_conversion_inverts_the_emccd_expectation():
     camera = EMCCD(qe=0.9, em_gain=150.0, e_per_adu=45.0, baseline_adu=100.0)
-    preprocessing = Preprocessing(baseline=camera.baseline_adu - 0.5,  # the ADC floor's mean is −½ count
-                                  adu_per_photon=camera.qe / camera.e_per_adu, em_gain=camera.em_gain,
-                                  clip_negative=False)
+    preprocessing = Preprocessing(
+        baseline=camera.baseline_adu - 0.5,  # the ADC floor's mean is −½ count
+        adu_per_photon=camera.qe / camera.e_per_adu,
+        em_gain=camera.em_gain,
+        clip_negative=False,
+    )
     adu = torch.tensor([[[100.0, 160.0], [400.0, 1000.0]]])
     torch.testing.assert_close(preprocessing(adu), camera.to_photons(adu))
     assert preprocessing.counts_per_photon == pytest.approx(0.9 / 45 * 150)
@@ -71,11 +74,17 @@ def test_types_devices_and_input_untouched():
 
 
 def test_to_dict_round_trip_and_validation():
-    preprocessing = Preprocessing(baseline=100, adu_per_photon=0.02, em_gain=150, subtract_minimum=True,
-                                  clip_negative=False)
+    preprocessing = Preprocessing(
+        baseline=100, adu_per_photon=0.02, em_gain=150, subtract_minimum=True, clip_negative=False
+    )
     data = preprocessing.to_dict()
-    assert data == {"baseline": 100.0, "adu_per_photon": 0.02, "em_gain": 150.0, "subtract_minimum": True,
-                    "clip_negative": False}
+    assert data == {
+        "baseline": 100.0,
+        "adu_per_photon": 0.02,
+        "em_gain": 150.0,
+        "subtract_minimum": True,
+        "clip_negative": False,
+    }
     assert all(type(value) in (float, bool) for value in data.values())
     assert Preprocessing.from_dict(data) == preprocessing
     assert Preprocessing.from_dict(None) == Preprocessing()

@@ -122,8 +122,9 @@ def test_hyperstack_z_planes_as_frames_and_time_with_z_refused(tmp_path: Path):
     planes = distinct_frames(6)
     write_tiff(tmp_path / "z.tif", planes, imagej=True, metadata={"axes": "ZYX"})
     assert_reads_as(open_recording(tmp_path / "z.tif"), planes)
-    write_tiff(tmp_path / "tz.tif", distinct_frames(6).reshape(3, 2, 12, 20), imagej=True,
-                     metadata={"axes": "TZYX"})
+    write_tiff(
+        tmp_path / "tz.tif", distinct_frames(6).reshape(3, 2, 12, 20), imagej=True, metadata={"axes": "TZYX"}
+    )
     with pytest.raises(RecordingError, match=r"several frame axes \(T=3 and Z=2\)"):
         open_recording(tmp_path / "tz.tif")
 
@@ -139,13 +140,13 @@ def test_ome_tiff(tmp_path: Path):
 
 def test_folder_natural_order_multi_page_files(tmp_path: Path):
     frames = distinct_frames(6)
-    write_tiff(tmp_path / "10.tif", frames[3:])            # 3 frames, natural order puts it last
-    write_tiff(tmp_path / "2.tif", frames[1:3])            # 2 frames
-    write_tiff(tmp_path / "1.TIFF", frames[0])             # 1 frame, upper-case suffix
+    write_tiff(tmp_path / "10.tif", frames[3:])  # 3 frames, natural order puts it last
+    write_tiff(tmp_path / "2.tif", frames[1:3])  # 2 frames
+    write_tiff(tmp_path / "1.TIFF", frames[0])  # 1 frame, upper-case suffix
     (tmp_path / "notes.txt").write_text("not a frame")
-    (tmp_path / "._2.tif").write_bytes(b"\x00\x05\x16\x07")      # macOS resource fork: ignored
+    (tmp_path / "._2.tif").write_bytes(b"\x00\x05\x16\x07")  # macOS resource fork: ignored
     (tmp_path / "sub").mkdir()
-    write_tiff(tmp_path / "sub" / "0.tif", frames[0])      # subfolders are not read
+    write_tiff(tmp_path / "sub" / "0.tif", frames[0])  # subfolders are not read
     recording = open_recording(tmp_path)
     assert [path.name for path in recording.files] == ["1.TIFF", "2.tif", "10.tif"]
     assert_reads_as(recording, frames)
@@ -209,7 +210,7 @@ def test_damaged_page_names_the_frame(tmp_path: Path):
     with tifffile.TiffFile(path) as tif:
         start, size = tif.pages[3].dataoffsets[0], tif.pages[3].databytecounts[0]
     content = bytearray(path.read_bytes())
-    content[start:start + size] = b"\xff" * size
+    content[start : start + size] = b"\xff" * size
     path.write_bytes(bytes(content))
     recording = open_recording(path)
     np.testing.assert_array_equal(recording[2], frames[2])
@@ -226,8 +227,9 @@ def test_rgb(tmp_path: Path):
 
 def test_float_without_allow_float(tmp_path: Path):
     write_tiff(tmp_path / "float.tif", np.zeros((2, 8, 10), np.float32))
-    expected = ("float frames found; counts are expected — pass allow_float=true if the frames are already in "
-                "counts")
+    expected = (
+        "float frames found; counts are expected — pass allow_float=true if the frames are already in counts"
+    )
     with pytest.raises(RecordingError, match=expected):
         open_recording(tmp_path / "float.tif")
 
@@ -310,8 +312,9 @@ def test_dataset_in_dataloader_workers(tmp_path: Path):
     batches = list(loader)
     indices = torch.cat([batch["index"] for batch in batches])
     assert indices.tolist() == list(range(9))
-    torch.testing.assert_close(torch.cat([batch["frames"] for batch in batches]),
-                               torch.from_numpy(frames.astype(np.float32)))
+    torch.testing.assert_close(
+        torch.cat([batch["frames"] for batch in batches]), torch.from_numpy(frames.astype(np.float32))
+    )
 
 
 # ------------------------------------------------------------------------------------------ bounded memory
@@ -358,12 +361,19 @@ def test_reading_a_large_stack_keeps_memory_bounded(tmp_path: Path):
     assert file_kib > 250_000
 
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    result = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(path)], capture_output=True, text=True,
-                            env=environment, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE, str(path)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
-    print(f"resident memory {report['before_kib'] / 1024:.0f} MiB → peak {report['peak_kib'] / 1024:.0f} MiB "
-          f"while reading a {file_kib / 1024:.0f} MiB stack")
+    print(
+        f"resident memory {report['before_kib'] / 1024:.0f} MiB → peak {report['peak_kib'] / 1024:.0f} MiB "
+        f"while reading a {file_kib / 1024:.0f} MiB stack"
+    )
     assert report["values"] == list(range(n_frames)) and report["block_ok"]
     growth_kib = report["peak_kib"] - report["before_kib"]
     assert growth_kib < file_kib / 8, f"reading grew resident memory by {growth_kib / 1024:.0f} MiB"

@@ -15,8 +15,17 @@ def small_module(tmp_path, head: str, trunk: str):
     import hydra
 
     sizes = ["model.head.depth_slices=11"] if head == "volume" else []
-    with composed("train.yaml", ["experiment=quickstart", f"model/head={head}", "model.network.channels=8",
-                                 f"model.network.trunk={trunk}", *sizes], tmp_path) as cfg:
+    with composed(
+        "train.yaml",
+        [
+            "experiment=quickstart",
+            f"model/head={head}",
+            "model.network.channels=8",
+            f"model.network.trunk={trunk}",
+            *sizes,
+        ],
+        tmp_path,
+    ) as cfg:
         torch.manual_seed(0)
         module = hydra.utils.instantiate(cfg.model, _convert_="all")
     return module.eval()
@@ -42,7 +51,7 @@ def assert_same_localizations(a, b, atol: float = 2e-4) -> None:
 def test_tiles_cover_the_frame_once():
     covered = np.zeros((70, 90), dtype=int)
     for t in tiles((70, 90), 32, 10, alignment=4):
-        covered[t.r0:t.r1, t.c0:t.c1] += 1
+        covered[t.r0 : t.r1, t.c0 : t.c1] += 1
         assert t.ir0 % 4 == 0 and t.ic0 % 4 == 0 and t.ir0 <= t.r0 and t.ir1 >= t.r1
     assert (covered == 1).all()
 

@@ -20,39 +20,52 @@ import torch
 from helpers_hydra import composed
 
 from dstorm3d.data.simulated import SimulatedDataModule
-from dstorm3d.metrics.localization import JaccardRMSE
-from dstorm3d.modules.readouts import keep_above
 from dstorm3d.emitters import Emitters
+from dstorm3d.metrics.localization import JaccardRMSE
 from dstorm3d.simulation.simulator import batch_emitters, batch_generator
 from dstorm3d.utils.paths import REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.learning]
 
 
-def train_and_score(overrides: list[str], steps: int, tmp_path, held_out: int = 128,
-                    checkpoint: Path | None = None) -> dict[str, float]:
+def train_and_score(
+    overrides: list[str], steps: int, tmp_path, held_out: int = 128, checkpoint: Path | None = None
+) -> dict[str, float]:
     """Train ``steps`` optimizer steps (validation calibrates the threshold), then score a held-out set;
     ``checkpoint``: also save the trained model there."""
-    with composed("train.yaml", ["experiment=quickstart", "logger=none", "callbacks=none", *overrides],
-                  tmp_path) as cfg:
+    with composed(
+        "train.yaml", ["experiment=quickstart", "logger=none", "callbacks=none", *overrides], tmp_path
+    ) as cfg:
         import hydra
 
         pl.seed_everything(0, workers=True)
         datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
         model = hydra.utils.instantiate(cfg.model, _convert_="all")
-    trainer = pl.Trainer(max_steps=steps, max_epochs=10_000, accelerator="cpu", logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, reload_dataloaders_every_n_epochs=1, deterministic=False)
+    trainer = pl.Trainer(
+        max_steps=steps,
+        max_epochs=10_000,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        reload_dataloaders_every_n_epochs=1,
+        deterministic=False,
+    )
     trainer.fit(model, datamodule=datamodule)
     if checkpoint is not None:
         trainer.save_checkpoint(checkpoint, weights_only=False)
     model.eval()
-    test = SimulatedDataModule(datamodule.optics, datamodule.simulation, batch_size=32, test_samples=held_out,
-                               seed=2024)
+    test = SimulatedDataModule(
+        datamodule.optics, datamodule.simulation, batch_size=32, test_samples=held_out, seed=2024
+    )
     metric = JaccardRMSE(threshold_nm=150.0)
     with torch.no_grad():
         for batch in test.test_dataloader():
-            frames = model.simulate(batch, batch_generator(torch.device("cpu"), 2024, "held-out", int(batch["index"][0])))
+            frames = model.simulate(
+                batch, batch_generator(torch.device("cpu"), 2024, "held-out", int(batch["index"][0]))
+            )
             found = model.readout.decode(model(frames), float(model.threshold))
             metric.update(found, batch_emitters(batch))
     scores = {k: float(v) for k, v in metric.compute().items()}
@@ -65,8 +78,12 @@ def offsets_model(tmp_path_factory) -> tuple[dict[str, float], Path]:
     """The quickstart configuration (offsets head) trained 750 steps: held-out scores and a checkpoint."""
     folder = tmp_path_factory.mktemp("offsets")
     checkpoint = folder / "quickstart_750.ckpt"
-    scores = train_and_score(["model/head=offsets", "data.train_samples=4000", "data.val_samples=128"],
-                             steps=750, tmp_path=folder, checkpoint=checkpoint)
+    scores = train_and_score(
+        ["model/head=offsets", "data.train_samples=4000", "data.val_samples=128"],
+        steps=750,
+        tmp_path=folder,
+        checkpoint=checkpoint,
+    )
     return scores, checkpoint
 
 
@@ -84,11 +101,23 @@ def test_volume_head_learns_from_scratch(tmp_path):
     """The paper's dilated trunk and head with D = 41 slices on a 2× finer lateral grid (one upsampling stage:
     55 × 55 × 98 nm voxels), 32 channels, Adam 1e-3 at a constant rate, 1,500 steps of batch 4 (~3.5 min on
     2 cores)."""
-    scores = train_and_score(["model/head=volume", "model.network.trunk=paper", "model.scheduler.kind=none",
-                              "model.optimizer.lr=1e-3", "model.head.depth_slices=41", "model.head.upsampling=1",
-                              "data.batch_size=4", "data.train_samples=4000", "data.val_samples=64",
-                              "model.network.channels=32", "model.head.output_scale=800.0"],
-                             steps=1500, tmp_path=tmp_path)
+    scores = train_and_score(
+        [
+            "model/head=volume",
+            "model.network.trunk=paper",
+            "model.scheduler.kind=none",
+            "model.optimizer.lr=1e-3",
+            "model.head.depth_slices=41",
+            "model.head.upsampling=1",
+            "data.batch_size=4",
+            "data.train_samples=4000",
+            "data.val_samples=64",
+            "model.network.channels=32",
+            "model.head.output_scale=800.0",
+        ],
+        steps=1500,
+        tmp_path=tmp_path,
+    )
     assert scores["jaccard"] >= 0.15
     assert np.isfinite(scores["rmse_lat_nm"]) and scores["rmse_lat_nm"] <= 70.0
 
@@ -98,13 +127,17 @@ def read_localizations(path: Path, frames: int) -> list[np.ndarray]:
     per_frame: list[list[list[float]]] = [[] for _ in range(frames)]
     with open(path) as fh:
         for row in csv.DictReader(fh):
-            per_frame[int(row["frame"]) - 1].append([float(row[k]) / 1e3 for k in ("x [nm]", "y [nm]", "z [nm]")])
+            per_frame[int(row["frame"]) - 1].append(
+                [float(row[k]) / 1e3 for k in ("x [nm]", "y [nm]", "z [nm]")]
+            )
     return [np.asarray(rows, dtype=np.float64).reshape(-1, 3) for rows in per_frame]
 
 
 def run_cli(args: list[str], cwd: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"DSTORM3D_LOG_DIR": str(cwd)}
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, env=env, cwd=cwd)
+    result = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=600, env=env, cwd=cwd
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 
@@ -113,18 +146,47 @@ def test_trained_checkpoint_localizes_a_simulated_recording_through_the_clis(off
     40) → ``infer.py`` → localizations.csv → Jaccard/RMSE against ground_truth.csv."""
     _, checkpoint = offsets_model
     frames = 24
-    run_cli(["-m", "dstorm3d.simulate", f"frames={frames}", "frame_shape=[64,64]", "seed=7",
-             "blinking.density_per_um2=0.1", "~photons", "+photons={kind: uniform, low: 10000.0, high: 30000.0}",
-             "background.kind=uniform", "+background.level=100.0", "out=sim"], tmp_path)
-    run_cli([str(REPO_ROOT / "infer.py"), f"ckpt={checkpoint}", "data=sim/recording.tif", "out=found",
-             "preprocessing.baseline=40.0", "trainer.accelerator=cpu", "num_workers=0"], tmp_path)
+    run_cli(
+        [
+            "-m",
+            "dstorm3d.simulate",
+            f"frames={frames}",
+            "frame_shape=[64,64]",
+            "seed=7",
+            "blinking.density_per_um2=0.1",
+            "~photons",
+            "+photons={kind: uniform, low: 10000.0, high: 30000.0}",
+            "background.kind=uniform",
+            "+background.level=100.0",
+            "out=sim",
+        ],
+        tmp_path,
+    )
+    run_cli(
+        [
+            str(REPO_ROOT / "infer.py"),
+            f"ckpt={checkpoint}",
+            "data=sim/recording.tif",
+            "out=found",
+            "preprocessing.baseline=40.0",
+            "trainer.accelerator=cpu",
+            "num_workers=0",
+        ],
+        tmp_path,
+    )
     truth = read_localizations(tmp_path / "sim" / "ground_truth.csv", frames)
     found = read_localizations(tmp_path / "found" / "localizations.csv", frames)
     metric = JaccardRMSE(threshold_nm=150.0)
     metric.update(Emitters.from_lists(found), Emitters.from_lists(truth))
     scores = {k: float(v) for k, v in metric.compute().items()}
-    print("end-to-end scores", {k: round(scores[k], 3) for k in ("jaccard", "rmse_lat_nm", "rmse_ax_nm")},
-          "truth", sum(len(t) for t in truth), "found", sum(len(f) for f in found))
+    print(
+        "end-to-end scores",
+        {k: round(scores[k], 3) for k in ("jaccard", "rmse_lat_nm", "rmse_ax_nm")},
+        "truth",
+        sum(len(t) for t in truth),
+        "found",
+        sum(len(f) for f in found),
+    )
     assert sum(len(t) for t in truth) >= 3 * frames
     assert scores["jaccard"] >= 0.30  # measured 0.51 (RMSE 48 / 62 nm); untrained ≈ 0
     assert scores["rmse_lat_nm"] <= 70.0 and scores["rmse_ax_nm"] <= 110.0

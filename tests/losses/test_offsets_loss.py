@@ -23,8 +23,13 @@ def loss_fn(**kwargs) -> GaussianMixtureLoss:
 def activate(raw: torch.Tensor) -> dict[str, torch.Tensor]:
     """Free parameters ``(B, 9, H, W)`` → the head's output dict, with the head's activations."""
     logit, x, y, z, photons, *sigmas = raw.unbind(dim=1)
-    out = {"logit": logit, "x_offset": torch.tanh(x), "y_offset": torch.tanh(y),
-           "z": torch.sigmoid(z), "photons": torch.sigmoid(photons)}
+    out = {
+        "logit": logit,
+        "x_offset": torch.tanh(x),
+        "y_offset": torch.tanh(y),
+        "z": torch.sigmoid(z),
+        "photons": torch.sigmoid(photons),
+    }
     for key, value in zip(OFFSETS_OUTPUTS[5:], sigmas):
         out[key] = SIGMA_FLOOR + (SIGMA_MAX - SIGMA_FLOOR) * torch.sigmoid(value)
     return out
@@ -51,8 +56,11 @@ def ideal_output(
 
 def batch_with_empty_frame() -> Emitters:
     return Emitters.from_lists(
-        [np.array([[0.25, 0.40, 1.0], [0.61, 0.13, 2.5], [0.35, 0.70, 3.0]]), np.zeros((0, 3)),
-         np.array([[0.52, 0.52, 0.4]])],
+        [
+            np.array([[0.25, 0.40, 1.0], [0.61, 0.13, 2.5], [0.35, 0.70, 3.0]]),
+            np.zeros((0, 3)),
+            np.array([[0.52, 0.52, 0.4]]),
+        ],
         photons=[np.array([3000.0, 5000.0, 800.0]), np.zeros(0), np.array([9000.0])],
         labelled=[np.array([True, True, False]), np.zeros(0, bool), np.array([True])],
     )
@@ -89,8 +97,9 @@ def test_correct_output_beats_shifted_and_unknown_photons_are_skipped():
     shifted = loss(ideal_output(emitters, 8, 8, x_shift_px=0.3), emitters)
     assert good["localization"] < shifted["localization"] and good["loss"] < shifted["loss"]
     assert torch.isclose(good["count"], shifted["count"])
-    no_photons = Emitters(emitters.xyz, torch.full_like(emitters.photons, float("nan")), emitters.valid,
-                          emitters.labelled)
+    no_photons = Emitters(
+        emitters.xyz, torch.full_like(emitters.photons, float("nan")), emitters.valid, emitters.labelled
+    )
     assert torch.isfinite(loss(ideal_output(emitters, 8, 8), no_photons)["loss"])
 
 

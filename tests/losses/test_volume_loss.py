@@ -14,8 +14,9 @@ from dstorm3d.geometry import VolumeGrid
 from dstorm3d.losses.blur import gaussian_blur_3d, gaussian_kernel_1d
 from dstorm3d.losses.volume import KDELoss, soft_dice_loss, volume_target
 
-GRID = VolumeGrid(pixel_size_um=0.11, upsampling=4, z_range_um=(0.5, 2.5), depth_slices=21,
-                  frame_shape=(16, 16))
+GRID = VolumeGrid(
+    pixel_size_um=0.11, upsampling=4, z_range_um=(0.5, 2.5), depth_slices=21, frame_shape=(16, 16)
+)
 SCALE = 800.0
 
 
@@ -37,7 +38,7 @@ def emitters_at_voxels(
 def test_kernel_peak_one_seven_taps():
     g = gaussian_kernel_1d(1.0, 3)
     assert g.shape == (7,) and g[3] == 1.0
-    assert torch.allclose(g, torch.exp(-torch.arange(-3.0, 4.0) ** 2 / 2))
+    assert torch.allclose(g, torch.exp(-(torch.arange(-3.0, 4.0) ** 2) / 2))
 
 
 @pytest.mark.parametrize("shape", [(2, 9, 12, 10), (1, 2, 5, 17), (1, 1, 1, 4)])

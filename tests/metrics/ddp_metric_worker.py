@@ -75,7 +75,7 @@ def _run(rank: int, out_path: str, port: int) -> None:
         mine = list(range(0, split)) if rank == 0 else list(range(split, N_FRAMES))
         metrics = make_metrics()
         for start in range(0, len(mine), 2):  # several update() calls per rank
-            idx = mine[start:start + 2]
+            idx = mine[start : start + 2]
             p, t = pred.select_frames(idx), target.select_frames(idx)
             for metric in metrics.values():
                 metric.update(p, t)

@@ -20,7 +20,9 @@ def xyz(*points: tuple[float, float, float]) -> np.ndarray:
 def greedy_nearest(pred: np.ndarray, gt: np.ndarray, threshold_nm: float) -> int:
     """Number of matches of globally-greedy nearest-pair matching (the baseline Hungarian must beat)."""
     d = np.linalg.norm(pred[:, None] - gt[None], axis=-1) * 1000
-    pairs = sorted((d[i, j], i, j) for i in range(len(pred)) for j in range(len(gt)) if d[i, j] < threshold_nm)
+    pairs = sorted(
+        (d[i, j], i, j) for i in range(len(pred)) for j in range(len(gt)) if d[i, j] < threshold_nm
+    )
     used_p, used_g, n = set(), set(), 0
     for _, i, j in pairs:
         if i not in used_p and j not in used_g:

@@ -23,8 +23,21 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 WORKER = HERE / "ddp_metric_worker.py"
 KEYS = {
-    "jaccard", "precision", "recall", "rmse_lat_nm", "rmse_ax_nm", "rmse_3d_nm", "bias_x_nm", "bias_y_nm",
-    "bias_z_nm", "efficiency_lat", "efficiency_ax", "efficiency_3d", "tp", "fp", "fn",
+    "jaccard",
+    "precision",
+    "recall",
+    "rmse_lat_nm",
+    "rmse_ax_nm",
+    "rmse_3d_nm",
+    "bias_x_nm",
+    "bias_y_nm",
+    "bias_z_nm",
+    "efficiency_lat",
+    "efficiency_ax",
+    "efficiency_3d",
+    "tp",
+    "fp",
+    "fn",
 }
 F32_NM = 1e-3  # positions are float32 µm: errors in nm are exact to ~1e-4 nm
 
@@ -36,7 +49,9 @@ def load_worker():
     return module
 
 
-def emitters(frames: list[list[tuple[float, float, float]]], labelled: list[list[bool]] | None = None) -> Emitters:
+def emitters(
+    frames: list[list[tuple[float, float, float]]], labelled: list[list[bool]] | None = None
+) -> Emitters:
     arrays = [np.array(f, dtype=np.float64).reshape(-1, 3) for f in frames]
     return Emitters.from_lists(arrays, photons=[np.ones(len(a)) for a in arrays], labelled=labelled)
 
@@ -102,8 +117,16 @@ def test_nothing_at_all_gives_nan_and_no_tp_gives_nan_rmse():
     metric.update(Emitters.empty(3), Emitters.empty(3))
     r = as_floats(metric.compute())
     assert (r["tp"], r["fp"], r["fn"]) == (0.0, 0.0, 0.0)
-    for k in ("jaccard", "precision", "recall", "rmse_lat_nm", "rmse_ax_nm", "rmse_3d_nm", "bias_x_nm",
-              "efficiency_3d"):
+    for k in (
+        "jaccard",
+        "precision",
+        "recall",
+        "rmse_lat_nm",
+        "rmse_ax_nm",
+        "rmse_3d_nm",
+        "bias_x_nm",
+        "efficiency_3d",
+    ):
         assert math.isnan(r[k]), k
 
     metric = JaccardRMSE()
@@ -269,7 +292,11 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
     env.setdefault("OMP_NUM_THREADS", "1")
     proc = subprocess.run(
         [sys.executable, str(WORKER), str(out), str(_free_port())],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     payload = json.loads(out.read_text())

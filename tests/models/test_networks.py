@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from conftest import shared_path
+from torch import Tensor
 
 from dstorm3d.models.blocks import ScaledClamp
 from dstorm3d.models.heads import OFFSETS_OUTPUTS, OffsetsHead, VolumeHead, build_head
@@ -33,8 +32,9 @@ def test_paper_volume_net_output_shape():
 
 @pytest.mark.parametrize("upsampling", [0, 1, 2])
 def test_volume_head_upsampling_shapes(upsampling: int):
-    net = build_localization_net(channels=8, dilations=(1, 1, 1), depth_slices=5, upsampling=upsampling,
-                                 output_scale=100.0)
+    net = build_localization_net(
+        channels=8, dilations=(1, 1, 1), depth_slices=5, upsampling=upsampling, output_scale=100.0
+    )
     out = net(torch.rand(3, 12, 20))  # (B, H, W) frames get a channel axis
     f = 2**upsampling
     assert out.shape == (3, 5, 12 * f, 20 * f)
@@ -50,8 +50,9 @@ def test_psf_learning_decoder_has_nine_blocks_at_camera_resolution():
 
 
 def test_offsets_head_shapes_and_ranges():
-    net = build_localization_net(channels=16, dilations=(1, 2), head="offsets", offset_range=1.0,
-                                 sigma_floor=0.01, sigma_max=1.0)
+    net = build_localization_net(
+        channels=16, dilations=(1, 2), head="offsets", offset_range=1.0, sigma_floor=0.01, sigma_max=1.0
+    )
     assert isinstance(net.head, OffsetsHead)
     out = net(torch.rand(2, 1, 10, 14))
     assert tuple(out) == OFFSETS_OUTPUTS
@@ -85,8 +86,16 @@ def test_build_head_rejects_unknown_kind():
 
 
 def test_builder_takes_plain_data():
-    hparams = {"channels": 8, "dilations": [1, 2], "head": "volume", "depth_slices": 4, "upsampling": 1,
-               "output_scale": 50, "activation": "clamp_st", "residual_blocks": 1}
+    hparams = {
+        "channels": 8,
+        "dilations": [1, 2],
+        "head": "volume",
+        "depth_slices": 4,
+        "upsampling": 1,
+        "output_scale": 50,
+        "activation": "clamp_st",
+        "residual_blocks": 1,
+    }
     net = build_localization_net(**hparams)
     assert net.trunk.dilations == (1, 2) and len(net.head.residual_blocks) == 1
     assert net.head.output_activation.activation == "clamp_st" and net.head.output_scale == 50.0
@@ -120,8 +129,9 @@ def test_clamp_st_passes_gradient_where_hardtanh_does_not():
 
 def test_volume_head_activations_agree_forward_and_differ_backward():
     head_ht = VolumeHead(in_channels=5, channels=4, depth_slices=3, upsampling=1, output_scale=10.0)
-    head_st = VolumeHead(in_channels=5, channels=4, depth_slices=3, upsampling=1, output_scale=10.0,
-                         activation="clamp_st")
+    head_st = VolumeHead(
+        in_channels=5, channels=4, depth_slices=3, upsampling=1, output_scale=10.0, activation="clamp_st"
+    )
     head_st.load_state_dict(head_ht.state_dict())
     with torch.no_grad():  # push every pre-activation below 0
         for head in (head_ht, head_st):
@@ -155,8 +165,15 @@ def authors_forward(sd: dict[str, Tensor], frames: Tensor) -> tuple[Tensor, Tens
     """
 
     def batch_norm(x: Tensor, name: str) -> Tensor:
-        return F.batch_norm(x, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"],
-                            sd[f"{name}.bias"], training=False, eps=1e-5)
+        return F.batch_norm(
+            x,
+            sd[f"{name}.running_mean"],
+            sd[f"{name}.running_var"],
+            sd[f"{name}.weight"],
+            sd[f"{name}.bias"],
+            training=False,
+            eps=1e-5,
+        )
 
     def block(x: Tensor, name: str, dilation: int = 1) -> Tensor:
         weight, bias = sd[f"{name}.conv.weight"], sd[f"{name}.conv.bias"]

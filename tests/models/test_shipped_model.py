@@ -17,15 +17,23 @@ from conftest import shared_path
 from omegaconf import OmegaConf
 
 from dstorm3d.evaluation.sweep import (
-    build_test_set, checkpoint_physics, localize_with_network, score_point, settings_from_config,
+    build_test_set,
+    checkpoint_physics,
+    localize_with_network,
+    score_point,
+    settings_from_config,
 )
 from dstorm3d.metrics.matching import match_frame
 from dstorm3d.modules.checkpoints import load_module
 from dstorm3d.utils.paths import REPO_ROOT
 
 SHIPPED = REPO_ROOT / "models" / "storm_tetrapod.ckpt"
-STORM_CAMERA = {"kind": "readout", "baseline": [20.0, 40.0], "read_noise": [8.0, 12.0],
-                "read_noise_correlation_px": 16.0}
+STORM_CAMERA = {
+    "kind": "readout",
+    "baseline": [20.0, 40.0],
+    "read_noise": [8.0, 12.0],
+    "read_noise_correlation_px": 16.0,
+}
 # Measured on these 12 frames (seed 7, 10 per field, 83 labelled emitters) with the shipped checkpoint:
 # Jaccard 0.812 (69 TP, 2 FP, 14 FN), RMSE 23.2 / 37.2 nm; an untrained network of the same architecture:
 # Jaccard 0.000. Floors leave room for arithmetic drift (about one tenth).
@@ -36,13 +44,36 @@ RMSE_AX_CEILING_NM = 47.0
 
 def fixed_set_scores(module) -> dict[str, float]:
     """Scores on 12 fixed-seed 121×121 frames of the STORM training distribution (10 per field)."""
-    config = OmegaConf.create({
-        "counts": [10], "frames": 12, "seed": 7, "reference_field_px": 121, "frame_shape": [121, 121],
-        "conditions": [{"name": "storm", "photons": {"kind": "gamma", "shape": 3.0, "scale": 3000.0},
-                        "background": {"kind": "none"}, "camera": STORM_CAMERA}],
-        "camera": {"kind": "ideal"}, "emitters": {"label_min_photons": 6000.0, "margin_px": 8},
-        "blur_sigma_px": "checkpoint", "optics": {}, "matching_nm": 150.0, "z_bins": 8, "batch_size": 4,
-        "tile": None, "threshold": None, "device": "cpu", "crlb_window": None, "baseline": False, "mp": {}})
+    config = OmegaConf.create(
+        {
+            "counts": [10],
+            "frames": 12,
+            "seed": 7,
+            "reference_field_px": 121,
+            "frame_shape": [121, 121],
+            "conditions": [
+                {
+                    "name": "storm",
+                    "photons": {"kind": "gamma", "shape": 3.0, "scale": 3000.0},
+                    "background": {"kind": "none"},
+                    "camera": STORM_CAMERA,
+                }
+            ],
+            "camera": {"kind": "ideal"},
+            "emitters": {"label_min_photons": 6000.0, "margin_px": 8},
+            "blur_sigma_px": "checkpoint",
+            "optics": {},
+            "matching_nm": 150.0,
+            "z_bins": 8,
+            "batch_size": 4,
+            "tile": None,
+            "threshold": None,
+            "device": "cpu",
+            "crlb_window": None,
+            "baseline": False,
+            "mp": {},
+        }
+    )
     settings = settings_from_config(config)
     test_set = build_test_set(checkpoint_physics(module, settings), settings.conditions[0], 10, settings)
     pred = localize_with_network(module, test_set.frames, 4, torch.device("cpu"))
@@ -57,7 +88,9 @@ def shipped():
 def test_shipped_checkpoint_is_small_plain_data():
     assert SHIPPED.stat().st_size <= 5 * 1024 * 1024
     raw = torch.load(SHIPPED, map_location="cpu", weights_only=True)  # plain data only
-    assert "optimizer_states" not in raw  # an inference copy (dstorm3d.modules.checkpoints.export_for_inference)
+    assert (
+        "optimizer_states" not in raw
+    )  # an inference copy (dstorm3d.modules.checkpoints.export_for_inference)
     assert raw["hyper_parameters"]["head"]["kind"] == "offsets"
     assert raw["hyper_parameters"]["optics"]["name"] == "storm_printed"
 

@@ -29,15 +29,25 @@ from dstorm3d.optics.masks import aperture_support, read_mask_file
 from dstorm3d.simulation.simulator import batch_generator
 from dstorm3d.utils.paths import REPO_ROOT
 
-TINY = ["simulation.frame_shape=[24,24]", "model.network.channels=8", "data.batch_size=2", "data.train_samples=8",
-        "data.val_samples=4", "data.test_samples=4", "data.num_workers=0"]
+TINY = [
+    "simulation.frame_shape=[24,24]",
+    "model.network.channels=8",
+    "data.batch_size=2",
+    "data.train_samples=8",
+    "data.val_samples=4",
+    "data.test_samples=4",
+    "data.num_workers=0",
+]
 
 
 # ---------------------------------------------------------------------------------------- helpers
 def design_config(tmp_path: Path, overrides: list[str]) -> tuple[dict, SimulatedDataModule]:
     """The model kwargs (plain, resolved) and the datamodule of a small ``experiment=psf_design_cpu``."""
-    with composed("train.yaml", ["experiment=psf_design_cpu", "logger=none", "callbacks=none", *TINY, *overrides],
-                  tmp_path / "config") as cfg:
+    with composed(
+        "train.yaml",
+        ["experiment=psf_design_cpu", "logger=none", "callbacks=none", *TINY, *overrides],
+        tmp_path / "config",
+    ) as cfg:
         model = OmegaConf.to_container(cfg.model, resolve=True)
         data = OmegaConf.to_container(cfg.data, resolve=True)
     model.pop("_target_")
@@ -66,10 +76,20 @@ def groups_by_name(optimizer: torch.optim.Optimizer) -> dict[str, dict]:
 
 
 def fit(module: pl.LightningModule, datamodule: SimulatedDataModule, steps: int, callbacks=()) -> pl.Trainer:
-    trainer = pl.Trainer(max_steps=steps, max_epochs=1, accelerator="cpu", devices=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, limit_val_batches=0, reload_dataloaders_every_n_epochs=1,
-                         callbacks=list(callbacks))
+    trainer = pl.Trainer(
+        max_steps=steps,
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        reload_dataloaders_every_n_epochs=1,
+        callbacks=list(callbacks),
+    )
     trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == steps
     return trainer
@@ -79,10 +99,21 @@ def run_cli(args: list[str], run_dir: Path, timeout: int = 900) -> subprocess.Co
     """``train.py`` in a subprocess; no ``WANDB_*`` variables and no ``~/.netrc`` credentials, so W&B must
     choose offline by itself."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update({"PYTHONUNBUFFERED": "1", "DSTORM3D_LOG_DIR": str(run_dir.parent),
-                "NETRC": str(run_dir.parent / "no-netrc")})
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
-                            capture_output=True, text=True, timeout=timeout, env=env, cwd=run_dir.parent)
+    env.update(
+        {
+            "PYTHONUNBUFFERED": "1",
+            "DSTORM3D_LOG_DIR": str(run_dir.parent),
+            "NETRC": str(run_dir.parent / "no-netrc"),
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=run_dir.parent,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return result
 
@@ -90,9 +121,15 @@ def run_cli(args: list[str], run_dir: Path, timeout: int = 900) -> subprocess.Co
 # ---------------------------------------------------------------------------------------- 1. frozen mask
 @pytest.mark.parametrize("parameterization", ["pixel", "zernike"])
 def test_frozen_mask_gives_the_localizer_loss_and_gets_no_optimizer_group(parameterization, tmp_path):
-    kwargs, datamodule = design_config(tmp_path, [
-        "optics.mask=tetrapod", f"model.mask_learning.parameterization={parameterization}",
-        "model.mask_learning.freeze=true", "model.mask_learning.differentiable_noise=false"])
+    kwargs, datamodule = design_config(
+        tmp_path,
+        [
+            "optics.mask=tetrapod",
+            f"model.mask_learning.parameterization={parameterization}",
+            "model.mask_learning.freeze=true",
+            "model.mask_learning.differentiable_noise=false",
+        ],
+    )
     design = PSFDesignModule(**kwargs)
     localizer = LocalizerModule(**{k: v for k, v in kwargs.items() if k != "mask_learning"})
     localizer.net.load_state_dict(design.net.state_dict())
@@ -138,8 +175,9 @@ def test_pixel_mask_gradient_is_nonzero_inside_the_aperture_only(tmp_path):
 
 
 def test_zernike_gradient_reaches_the_coefficients_only(tmp_path):
-    kwargs, datamodule = design_config(tmp_path, ["model.mask_learning.parameterization=zernike",
-                                                  "model.mask_learning.zernike_terms=15"])
+    kwargs, datamodule = design_config(
+        tmp_path, ["model.mask_learning.parameterization=zernike", "model.mask_learning.zernike_terms=15"]
+    )
     design = PSFDesignModule(**kwargs)
     assert design.zernike_coefficients.shape == (14,)
     step_loss(design, first_batch(datamodule)).backward()
@@ -151,8 +189,14 @@ def test_zernike_gradient_reaches_the_coefficients_only(tmp_path):
 @pytest.mark.parametrize("parameterization", ["pixel", "zernike"])
 def test_optimizer_steps_change_the_mask_with_its_own_learning_rate(parameterization, tmp_path):
     mask_lr, net_lr = 0.05, 1.0e-4
-    kwargs, datamodule = design_config(tmp_path, [f"model.mask_learning.parameterization={parameterization}",
-                                                  f"model.mask_learning.lr={mask_lr}", f"model.optimizer.lr={net_lr}"])
+    kwargs, datamodule = design_config(
+        tmp_path,
+        [
+            f"model.mask_learning.parameterization={parameterization}",
+            f"model.mask_learning.lr={mask_lr}",
+            f"model.optimizer.lr={net_lr}",
+        ],
+    )
     design = PSFDesignModule(**kwargs)
     groups = groups_by_name(the_optimizer(design.configure_optimizers()))
     assert set(groups) == {"network", "mask"}
@@ -164,7 +208,10 @@ def test_optimizer_steps_change_the_mask_with_its_own_learning_rate(parameteriza
     (start_parameter,) = [p.detach().clone() for p in design.mask_parameters()]
     start_net = [p.detach().clone() for p in design.net.parameters()]
     trainer = fit(design, datamodule, steps=3)
-    assert {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups} == {"network": net_lr, "mask": mask_lr}
+    assert {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups} == {
+        "network": net_lr,
+        "mask": mask_lr,
+    }
 
     mask = design.phase_mask().detach()
     inside = torch.as_tensor(aperture_support(design.optical_setup))
@@ -211,9 +258,20 @@ def test_learned_mask_export_reloads_bit_identically_and_feeds_a_localizer(tmp_p
     assert record["files"] == ["learned_mask.npy", "learned_mask.tif", "learned_mask.mat"]
 
     # the paper's step 2: a localizer trained with the learned mask (optics.mask=<run>/learned_mask.npy)
-    with composed("train.yaml", ["experiment=learned_psf_localizer", "optics=storm", "simulation=quickstart",
-                                 "model/head=offsets", "logger=none", "callbacks=none", *TINY,
-                                 f"optics.mask={run / 'learned_mask.npy'}"], tmp_path / "localizer") as cfg:
+    with composed(
+        "train.yaml",
+        [
+            "experiment=learned_psf_localizer",
+            "optics=storm",
+            "simulation=quickstart",
+            "model/head=offsets",
+            "logger=none",
+            "callbacks=none",
+            *TINY,
+            f"optics.mask={run / 'learned_mask.npy'}",
+        ],
+        tmp_path / "localizer",
+    ) as cfg:
         import hydra
 
         localizer = hydra.utils.instantiate(cfg.model, _convert_="all")
@@ -222,7 +280,10 @@ def test_learned_mask_export_reloads_bit_identically_and_feeds_a_localizer(tmp_p
     batch = first_batch(datamodule)
     design.eval(), localizer.eval()
     with torch.no_grad():
-        frames = [m.simulate(batch, batch_generator(torch.device("cpu"), 7, "check", 0)) for m in (design, localizer)]
+        frames = [
+            m.simulate(batch, batch_generator(torch.device("cpu"), 7, "check", 0))
+            for m in (design, localizer)
+        ]
     assert torch.equal(*frames), "the localizer must render the frames the designed mask rendered"
 
 
@@ -230,9 +291,19 @@ def test_learned_mask_export_reloads_bit_identically_and_feeds_a_localizer(tmp_p
 @pytest.mark.slow
 def test_cli_logs_the_evolving_mask_to_wandb_offline_and_to_files(tmp_path):
     run = tmp_path / "run"
-    run_cli(["experiment=psf_design_cpu", *TINY, "logger=default", "callbacks.phase_mask_logger.every_n_steps=2",
-             "trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
-             "trainer.num_sanity_val_steps=0"], run)
+    run_cli(
+        [
+            "experiment=psf_design_cpu",
+            *TINY,
+            "logger=default",
+            "callbacks.phase_mask_logger.every_n_steps=2",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=4",
+            "trainer.limit_val_batches=1",
+            "trainer.num_sanity_val_steps=0",
+        ],
+        run,
+    )
     log = (run / "psf_design_cpu.log").read_text()
     assert "W&B runs offline: no W&B API key" in log  # the automatic choice, not a WANDB_MODE we set
 
@@ -244,8 +315,11 @@ def test_cli_logs_the_evolving_mask_to_wandb_offline_and_to_files(tmp_path):
         return len({p.read_bytes() for p in paths})
 
     # start (step 0), steps 2 and 4, and the end (step 4 again): 4 entries, at least 3 different masks
-    for pattern in ("images/psf/phase_mask_*.png", "images/psf/zstack_montage_*.png",
-                    "videos/psf/zstack_animation_*.gif"):
+    for pattern in (
+        "images/psf/phase_mask_*.png",
+        "images/psf/zstack_montage_*.png",
+        "videos/psf/zstack_animation_*.gif",
+    ):
         files = sorted(media.glob(pattern))
         assert len(files) >= 4, (pattern, [p.name for p in media.rglob("*")])
         assert distinct(files) >= 3, f"{pattern}: the logged mask does not evolve"
@@ -257,8 +331,13 @@ def test_cli_logs_the_evolving_mask_to_wandb_offline_and_to_files(tmp_path):
     psf = run / "psf"
     steps = [0, 2, 4]
     for step in steps:
-        for name in ("phase_mask_{}.png", "psf_montage_{}.png", "psf_zstack_{}.gif", "psf_zstack_{}.tif",
-                     "phase_mask_{}.npy"):
+        for name in (
+            "phase_mask_{}.png",
+            "psf_montage_{}.png",
+            "psf_zstack_{}.gif",
+            "psf_zstack_{}.tif",
+            "phase_mask_{}.npy",
+        ):
             assert (psf / name.format(f"step{step:07d}")).is_file(), name.format(step)
     masks = [np.load(psf / f"phase_mask_step{s:07d}.npy") for s in steps]
     assert not np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[1], masks[2])
@@ -273,10 +352,23 @@ def test_cli_logs_the_evolving_mask_to_wandb_offline_and_to_files(tmp_path):
 @pytest.mark.slow
 def test_two_process_cpu_ddp_keeps_the_learned_mask_identical_on_both_ranks(tmp_path):
     run = tmp_path / "ddp"
-    run_cli(["experiment=psf_design_cpu", *TINY, "data.train_samples=12", "logger=csv", "test=false",
-             "trainer.devices=2", "++trainer.strategy=ddp", "trainer.accelerator=cpu", "trainer.max_epochs=1",
-             "trainer.limit_val_batches=1", "trainer.num_sanity_val_steps=0",
-             "callbacks.phase_mask_logger.every_n_steps=100"], run)
+    run_cli(
+        [
+            "experiment=psf_design_cpu",
+            *TINY,
+            "data.train_samples=12",
+            "logger=csv",
+            "test=false",
+            "trainer.devices=2",
+            "++trainer.strategy=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.max_epochs=1",
+            "trainer.limit_val_batches=1",
+            "trainer.num_sanity_val_steps=0",
+            "callbacks.phase_mask_logger.every_n_steps=100",
+        ],
+        run,
+    )
     record = json.loads((run / "learned_mask.json").read_text())
     assert record["world_size"] == 2
     assert record["ranks_max_abs_difference_rad"] == 0.0

@@ -27,14 +27,18 @@ def explained_variance(mask: np.ndarray, image: np.ndarray, xyz_um: np.ndarray) 
     pupil = PupilModel(setup, mask, dtype=torch.float64)
     xyz = torch.tensor(xyz_um)
     one = torch.tensor([1.0], dtype=torch.float64)
-    columns = [render_frames(pupil, xyz[i:i + 1], one, torch.tensor([0]), 1, image.shape, blur_sigma_px=1.0)[0]
-               .numpy().ravel() for i in range(len(xyz))]
-    rows, cols = np.mgrid[0:image.shape[0], 0:image.shape[1]] / image.shape[0]
+    columns = [
+        render_frames(pupil, xyz[i : i + 1], one, torch.tensor([0]), 1, image.shape, blur_sigma_px=1.0)[0]
+        .numpy()
+        .ravel()
+        for i in range(len(xyz))
+    ]
+    rows, cols = np.mgrid[0 : image.shape[0], 0 : image.shape[1]] / image.shape[0]
     plane = [np.ones(image.size), rows.ravel(), cols.ravel()]
     design = np.stack(columns + plane + [-p for p in plane], axis=1)
     coefficients, _ = nnls(design, image.ravel(), maxiter=5000)
     residual = image.ravel() - design @ coefficients
-    return 1.0 - float((residual ** 2).sum() / ((image - image.mean()) ** 2).sum())
+    return 1.0 - float((residual**2).sum() / ((image - image.mean()) ** 2).sum())
 
 
 def test_printed_tetrapod_explains_the_real_frame_in_our_orientation():
@@ -42,8 +46,13 @@ def test_printed_tetrapod_explains_the_real_frame_in_our_orientation():
     frame = tifffile.imread(shared_path("experimental", "mito_tetrapod", "01.tif")).astype(np.float64)
     crop = frame[100:228, 200:328]  # the region of the reference crop file
     with open(shared_path("reference", "mito_frames01-03_crop.csv")) as fh:
-        locs = np.array([[float(r["x_nm"]) / 1e3, float(r["y_nm"]) / 1e3, float(r["z_nm"]) / 1e3]
-                         for r in csv.DictReader(fh) if int(float(r["frame"])) == 1])
+        locs = np.array(
+            [
+                [float(r["x_nm"]) / 1e3, float(r["y_nm"]) / 1e3, float(r["z_nm"]) / 1e3]
+                for r in csv.DictReader(fh)
+                if int(float(r["frame"])) == 1
+            ]
+        )
     ours = explained_variance(mask, crop, locs)
     rotated = explained_variance(mask[::-1, ::-1].copy(), crop, locs)
     negated = explained_variance(-mask, crop, locs)  # ≈ the axial direction reversed

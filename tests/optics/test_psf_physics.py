@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import psfmodels  # a declared test dependency (pyproject.toml [test])
 import pytest
 import torch
-import psfmodels  # a declared test dependency (pyproject.toml [test])
 from conftest import shared_path
 from scipy.integrate import quad
 from scipy.special import j0
@@ -18,10 +18,23 @@ LAMBDA, N_I, N_S, DX = 0.6, 1.518, 1.33, 0.11
 CASES = [(1.0, 1.35), (1.0, 0.3), (3.0, 3.0), (2.0, 3.5)]  # (z, NFP) µm
 
 
-def reference_setup(nfp: float, grid: int, aperture: str = "objective", n_sample: float = N_S) -> OpticalSetup:
-    return OpticalSetup(wavelength_um=LAMBDA, na=1.45, n_immersion=N_I, n_sample=n_sample, camera_pixel_um=11.0,
-                        magnification=100.0, f4f_mm=100.0, mask_pixel_um=30.0, nfp_um=nfp, z_range_um=(0.0, 5.0),
-                        pupil_grid=grid, aperture=aperture)
+def reference_setup(
+    nfp: float, grid: int, aperture: str = "objective", n_sample: float = N_S
+) -> OpticalSetup:
+    return OpticalSetup(
+        wavelength_um=LAMBDA,
+        na=1.45,
+        n_immersion=N_I,
+        n_sample=n_sample,
+        camera_pixel_um=11.0,
+        magnification=100.0,
+        f4f_mm=100.0,
+        mask_pixel_um=30.0,
+        nfp_um=nfp,
+        z_range_um=(0.0, 5.0),
+        pupil_grid=grid,
+        aperture=aperture,
+    )
 
 
 def hankel_intensity(r_um: float, z: float, nfp: float, rho_max: float) -> float:
@@ -29,8 +42,8 @@ def hankel_intensity(r_um: float, z: float, nfp: float, rho_max: float) -> float
     k0 = 2 * np.pi / LAMBDA
 
     def integrand(rho: float, part: int) -> float:
-        pupil = np.exp(1j * k0 * (z * np.sqrt(complex(N_S ** 2 - rho ** 2)) - nfp * np.sqrt(N_I ** 2 - rho ** 2)))
-        value = pupil * j0(2 * np.pi * rho * r_um / LAMBDA) * 2 * np.pi * rho / LAMBDA ** 2
+        pupil = np.exp(1j * k0 * (z * np.sqrt(complex(N_S**2 - rho**2)) - nfp * np.sqrt(N_I**2 - rho**2)))
+        value = pupil * j0(2 * np.pi * rho * r_um / LAMBDA) * 2 * np.pi * rho / LAMBDA**2
         return value.real if part == 0 else value.imag
 
     points = [N_S] if rho_max > N_S else None
@@ -41,12 +54,12 @@ def hankel_intensity(r_um: float, z: float, nfp: float, rho_max: float) -> float
 
 def hankel_image(z: float, nfp: float, grid: int, rho_max: float, half: int = 15) -> np.ndarray:
     """The continuous PSF on pixel centres, on the same absolute scale as Σ_f P e^{2πifr} (÷ Δf²)."""
-    rows, cols = np.mgrid[-half:half + 1, -half:half + 1]
+    rows, cols = np.mgrid[-half : half + 1, -half : half + 1]
     radius = np.round(np.hypot(rows, cols) * DX, 9)
     unique, inverse = np.unique(radius, return_inverse=True)
     values = np.array([hankel_intensity(r, z, nfp, rho_max) for r in unique])
     pitch = 1.0 / (grid * DX)
-    return values[inverse].reshape(radius.shape) / pitch ** 4
+    return values[inverse].reshape(radius.shape) / pitch**4
 
 
 def model_image(z: float, nfp: float, grid: int, aperture: str, half: int = 15) -> np.ndarray:
@@ -97,8 +110,9 @@ def test_integer_shift_equals_numpy_roll(dtype, tol):
     setup = storm_setup()
     pupil = PupilModel(setup, load_phase_mask("tetrapod", setup), dtype=dtype)
     n = setup.pupil_grid
-    xyz = torch.tensor([[50.3 * DX, 60.7 * DX, 1.0], [51.3 * DX, 60.7 * DX, 1.0], [50.3 * DX, 63.7 * DX, 1.0]],
-                       dtype=dtype)
+    xyz = torch.tensor(
+        [[50.3 * DX, 60.7 * DX, 1.0], [51.3 * DX, 60.7 * DX, 1.0], [50.3 * DX, 63.7 * DX, 1.0]], dtype=dtype
+    )
     psf = pupil.psf_on_grid(xyz, torch.tensor([0, 0]), (n, n)).double().numpy()
     peak = psf[0].max()
     assert np.abs(psf[1] - np.roll(psf[0], 1, axis=1)).max() / peak <= tol  # +x → higher column
@@ -152,17 +166,22 @@ def test_index_matched_in_focus_fwhm_is_the_airy_value():
 
 
 def principal_axis_deg(image: np.ndarray) -> float:
-    rows, cols = np.mgrid[0:image.shape[0], 0:image.shape[1]]
+    rows, cols = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
     w = image / image.sum()
     cy, cx = (w * rows).sum(), (w * cols).sum()
-    myy, mxx, mxy = (w * (rows - cy) ** 2).sum(), (w * (cols - cx) ** 2).sum(), (w * (rows - cy) * (cols - cx)).sum()
+    myy, mxx, mxy = (
+        (w * (rows - cy) ** 2).sum(),
+        (w * (cols - cx) ** 2).sum(),
+        (w * (rows - cy) * (cols - cx)).sum(),
+    )
     return float(np.degrees(0.5 * np.arctan2(2 * mxy, mxx - myy)))
 
 
 def test_printed_tetrapod_turns_by_a_right_angle_over_its_range():
     setup = storm_setup()
-    pupil = PupilModel(setup, load_phase_mask(shared_path("masks", "mask_tetrapod_printed.mat"), setup),
-                       dtype=torch.float64)
+    pupil = PupilModel(
+        setup, load_phase_mask(shared_path("masks", "mask_tetrapod_printed.mat"), setup), dtype=torch.float64
+    )
     stack = pupil.psf_zstack([0.0, 4.0], 61).numpy()
     turn = abs(principal_axis_deg(stack[0]) - principal_axis_deg(stack[1])) % 180
     assert 70 <= min(turn, 180 - turn) <= 90

@@ -15,8 +15,9 @@ SETUP = storm_setup()
 DX = SETUP.pixel_size_um
 
 
-def random_emitters(n_frames: int, shape: tuple[int, int], per_frame: int, seed: int = 0,
-                    dtype: torch.dtype = torch.float64):
+def random_emitters(
+    n_frames: int, shape: tuple[int, int], per_frame: int, seed: int = 0, dtype: torch.dtype = torch.float64
+):
     rng = np.random.default_rng(seed)
     n = n_frames * per_frame
     xyz = np.c_[rng.uniform(0, shape[1] * DX, n), rng.uniform(0, shape[0] * DX, n), rng.uniform(0, 4, n)]
@@ -47,8 +48,10 @@ def test_frames_larger_than_the_dft_period_render_through_windows(pupil64):
         render_frames(pupil64, xyz, photons, frames, 1, shape)
     frame = render_frames(pupil64, xyz, photons, frames, 1, shape, window=64)
     # each emitter's window lands where it belongs: the sum equals rendering them one by one
-    singles = sum(render_frames(pupil64, xyz[i:i + 1], photons[i:i + 1], frames[:1], 1, shape, window=64)
-                  for i in range(6))
+    singles = sum(
+        render_frames(pupil64, xyz[i : i + 1], photons[i : i + 1], frames[:1], 1, shape, window=64)
+        for i in range(6)
+    )
     torch.testing.assert_close(frame, singles)
     inside = pupil64.psf_on_grid(xyz, pupil64.window_corner(xyz, 64), (64, 64)).sum(dim=(-2, -1))
     assert float(frame.sum()) == pytest.approx(float((inside * photons).sum()), rel=1e-9)
@@ -82,8 +85,16 @@ def test_per_emitter_blur(pupil64):
     shape = (48, 48)
     xyz = torch.tensor([[12.5 * DX, 24.5 * DX, 1.0], [36.5 * DX, 24.5 * DX, 1.0]], dtype=torch.float64)
     photons, frames = torch.tensor([1e4, 1e4], dtype=torch.float64), torch.tensor([0, 0])
-    frame = render_frames(pupil64, xyz, photons, frames, 1, shape, window=24,
-                          blur_sigma_px=torch.tensor([0.0, 2.0], dtype=torch.float64))
+    frame = render_frames(
+        pupil64,
+        xyz,
+        photons,
+        frames,
+        1,
+        shape,
+        window=24,
+        blur_sigma_px=torch.tensor([0.0, 2.0], dtype=torch.float64),
+    )
     assert float(frame[0, :, :24].max()) > 1.5 * float(frame[0, :, 24:].max())
 
 
@@ -92,16 +103,29 @@ def test_gradients_match_finite_differences():
     setup = storm_setup(pupil_grid=31)
     pupil = PupilModel(setup, tetrapod_mask(setup), dtype=torch.float64)
     mask = pupil.phase_mask.clone().requires_grad_(True)
-    xyz = torch.tensor([[5.23 * DX, 4.71 * DX, 1.3], [2.9 * DX, 6.2 * DX, 2.6]], dtype=torch.float64,
-                       requires_grad=True)
+    xyz = torch.tensor(
+        [[5.23 * DX, 4.71 * DX, 1.3], [2.9 * DX, 6.2 * DX, 2.6]], dtype=torch.float64, requires_grad=True
+    )
     photons, frames = torch.tensor([100.0, 80.0], dtype=torch.float64), torch.tensor([0, 0])
 
     def frame_of(xyz_: torch.Tensor, mask_: torch.Tensor) -> torch.Tensor:
-        return render_frames(pupil, xyz_, photons, frames, 1, (9, 10), window=12, blur_sigma_px=0.8,
-                             pixel_integration=True, phase_mask=mask_)
+        return render_frames(
+            pupil,
+            xyz_,
+            photons,
+            frames,
+            1,
+            (9, 10),
+            window=12,
+            blur_sigma_px=0.8,
+            pixel_integration=True,
+            phase_mask=mask_,
+        )
 
     assert torch.autograd.gradcheck(frame_of, (xyz, mask), eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
-    assert torch.autograd.gradcheck(lambda p: frame_of(p, mask.detach()), (xyz,), eps=1e-6, atol=1e-6, rtol=1e-4)
+    assert torch.autograd.gradcheck(
+        lambda p: frame_of(p, mask.detach()), (xyz,), eps=1e-6, atol=1e-6, rtol=1e-4
+    )
 
 
 def test_float32_is_finite_and_close_to_float64_with_finite_gradients():
@@ -142,8 +166,9 @@ def test_rendering_with_and_without_autograd_is_identical(pupil64, chunk):
     frames = torch.arange(20) % 2
     with torch.no_grad():
         plain = render_frames(pupil64, xyz, photons, frames, 2, (32, 32), chunk=chunk)
-    tracked = render_frames(pupil64, xyz.clone().requires_grad_(True), photons, frames, 2, (32, 32),
-                            chunk=chunk)
+    tracked = render_frames(
+        pupil64, xyz.clone().requires_grad_(True), photons, frames, 2, (32, 32), chunk=chunk
+    )
     assert tracked.requires_grad
     torch.testing.assert_close(tracked.detach(), plain, rtol=0, atol=0)
 

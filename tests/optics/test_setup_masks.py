@@ -8,7 +8,13 @@ from conftest import shared_path
 from scipy.io import savemat
 
 from dstorm3d.optics.masks import (
-    MaskError, clear_mask, fit_mask_to_setup, load_phase_mask, read_mask_file, save_phase_mask, support_radius,
+    MaskError,
+    clear_mask,
+    fit_mask_to_setup,
+    load_phase_mask,
+    read_mask_file,
+    save_phase_mask,
+    support_radius,
     tetrapod_mask,
 )
 from dstorm3d.optics.setup import OpticalSetup, SetupError, preset, storm_setup, telomere_setup
@@ -30,15 +36,18 @@ def test_presets_match_the_paper():
     assert OpticalSetup.from_dict(storm.to_dict()) == storm
 
 
-@pytest.mark.parametrize("changes, fragment", [
-    (dict(na=1.6), "smaller than optics.n_immersion"),
-    (dict(magnification=20.0), "does not fit"),
-    (dict(z_range_um=(3.0, 1.0)), "z_max > z_min"),
-    (dict(z_range_um=(-1.0, 1.0)), "below the coverslip"),
-    (dict(wavelength_um=-0.5), "positive number"),
-    (dict(aperture="iris"), "'water' or 'objective'"),
-    (dict(pupil_grid=8), "too small"),
-])
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        (dict(na=1.6), "smaller than optics.n_immersion"),
+        (dict(magnification=20.0), "does not fit"),
+        (dict(z_range_um=(3.0, 1.0)), "z_max > z_min"),
+        (dict(z_range_um=(-1.0, 1.0)), "below the coverslip"),
+        (dict(wavelength_um=-0.5), "positive number"),
+        (dict(aperture="iris"), "'water' or 'objective'"),
+        (dict(pupil_grid=8), "too small"),
+    ],
+)
 def test_impossible_setups_raise_a_clear_error(changes, fragment):
     with pytest.raises(SetupError, match=fragment):
         storm_setup(**changes)
@@ -54,7 +63,16 @@ def test_window_larger_than_the_dft_period_is_rejected():
 # ------------------------------------------------------------------------------------------ Zernike
 def test_noll_ordering_and_orthonormality():
     assert [noll_to_nm(j) for j in (1, 2, 3, 4, 5, 6, 11, 22, 28)] == [
-        (0, 0), (1, 1), (1, -1), (2, 0), (2, -2), (2, 2), (4, 0), (6, 0), (6, 6)]
+        (0, 0),
+        (1, 1),
+        (1, -1),
+        (2, 0),
+        (2, -2),
+        (2, 2),
+        (4, 0),
+        (6, 0),
+        (6, 6),
+    ]
     basis = zernike_basis(list(range(1, 16)), 401, 200.0)
     rho = np.hypot(*np.mgrid[-200:201, -200:201]) / 200.0
     disc = rho < 1

@@ -67,19 +67,28 @@ def test_show_reads_a_mask_file_and_applies_emccd(tmp_path):
     setup = storm_setup()
     mask_path = save_phase_mask(tetrapod_mask(setup), tmp_path / "tetrapod.npy")
     run_dir = tmp_path / "run"
-    result = run_show(run_dir, "optics=storm", f"optics.mask={mask_path}", "show.emccd=true",
-                      "show.shared_colour_scale=false", *QUICK)
+    result = run_show(
+        run_dir,
+        "optics=storm",
+        f"optics.mask={mask_path}",
+        "show.emccd=true",
+        "show.shared_colour_scale=false",
+        *QUICK,
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["mask"]["kind"] == "file" and summary["mask"]["path"] == str(mask_path.resolve())
     assert summary["crlb"]["emccd"] is True and summary["psf"]["colour_scale"] == "per slice"
 
 
-@pytest.mark.parametrize("override, phrase", [
-    ("optics.na=1.6", "optics.na"),
-    ("optics.mask=/no/such/mask.npy", "not found"),
-    ("show.window_px=400", "window"),
-])
+@pytest.mark.parametrize(
+    "override, phrase",
+    [
+        ("optics.na=1.6", "optics.na"),
+        ("optics.mask=/no/such/mask.npy", "not found"),
+        ("show.window_px=400", "window"),
+    ],
+)
 def test_bad_input_ends_with_one_line_and_no_files(tmp_path, override, phrase):
     run_dir = tmp_path / "run"
     result = run_show(run_dir, "optics=storm", *QUICK, override)  # the override comes last: it wins

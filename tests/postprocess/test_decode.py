@@ -15,8 +15,9 @@ from dstorm3d.losses.volume import volume_target
 from dstorm3d.postprocess.offsets import decode_offsets
 from dstorm3d.postprocess.volume import decode_volume, local_maxima_3d, max_filter_3d
 
-GRID = VolumeGrid(pixel_size_um=0.11, upsampling=4, z_range_um=(0.5, 2.5), depth_slices=21,
-                  frame_shape=(16, 16))
+GRID = VolumeGrid(
+    pixel_size_um=0.11, upsampling=4, z_range_um=(0.5, 2.5), depth_slices=21, frame_shape=(16, 16)
+)
 SCALE = 800.0
 RADIUS = 4
 
@@ -37,8 +38,10 @@ def test_voxel_centres_and_round_trip():
     # camera pixel j covers voxels u·j … u·j + u − 1: the pixel's left edge is voxel u·j's left edge
     assert GRID.um_to_voxel(torch.tensor([0.11 * 3, 0.0, 0.5], dtype=torch.float64))[0] == pytest.approx(11.5)
     shifted = VolumeGrid(0.11, 4, (0.5, 2.5), 21, lateral_offset_voxels=2.0, z_offset_voxels=-0.5)
-    assert torch.allclose(shifted.voxel_to_um(torch.zeros(3, dtype=torch.float64)),
-                          torch.tensor([2.5 * dxy, 2.5 * dxy, 0.5], dtype=torch.float64))
+    assert torch.allclose(
+        shifted.voxel_to_um(torch.zeros(3, dtype=torch.float64)),
+        torch.tensor([2.5 * dxy, 2.5 * dxy, 0.5], dtype=torch.float64),
+    )
 
 
 def test_grid_plain_data_round_trip():
@@ -65,7 +68,9 @@ def test_sparse_and_dense_maxima_agree(seed):
         dense = local_maxima_3d(volume, threshold, RADIUS, sparse=False)
         sparse = local_maxima_3d(volume, threshold, RADIUS, sparse=True)
         assert dense.shape[0] > 2 and torch.equal(dense, sparse)
-    assert torch.equal(local_maxima_3d(volume, 0.9, 1, sparse=True), local_maxima_3d(volume, 0.9, 1, sparse=False))
+    assert torch.equal(
+        local_maxima_3d(volume, 0.9, 1, sparse=True), local_maxima_3d(volume, 0.9, 1, sparse=False)
+    )
 
 
 def test_plateau_gives_one_maximum():
@@ -154,8 +159,9 @@ def test_gaussian_decodes_ideal_spikes_after_blurring():
     spikes[0, 10, 30, 30] = SCALE
     decoded = decode_volume(spikes, GRID, 0.3 * SCALE, RADIUS, method="gaussian")
     voxels = GRID.um_to_voxel(decoded.xyz[0]).double()
-    assert torch.allclose(voxels, torch.tensor([[60.0, 5.0, 0.0], [30.0, 30.0, 10.0]], dtype=torch.float64),
-                          atol=1e-3)
+    assert torch.allclose(
+        voxels, torch.tensor([[60.0, 5.0, 0.0], [30.0, 30.0, 10.0]], dtype=torch.float64), atol=1e-3
+    )
 
 
 @pytest.mark.parametrize("method,quantize", [("centroid", True), ("gaussian", False)])
@@ -163,8 +169,14 @@ def test_one_voxel_in_x_moves_x_by_one_voxel(method, quantize):
     base = np.array([[20.2, 31.0, 9.6], [50.0, 10.3, 3.0]])
     moved = base + np.array([1.0, 0.0, 0.0])
     decoded = [
-        decode_volume(volume_target(to_emitters([v]), GRID, SCALE, quantize=quantize), GRID, 0.3 * SCALE,
-                      RADIUS, method=method, blurred=True)
+        decode_volume(
+            volume_target(to_emitters([v]), GRID, SCALE, quantize=quantize),
+            GRID,
+            0.3 * SCALE,
+            RADIUS,
+            method=method,
+            blurred=True,
+        )
         for v in (base, moved)
     ]
     step = decoded[1].xyz[0] - decoded[0].xyz[0]
@@ -207,8 +219,9 @@ def test_decode_offsets_hand_built():
     out["logit"][1, 5, 5] = out["logit"][1, 5, 6] = 0.0
     decoded, sigma = decode_offsets(out, px, z_range, photon_scale, threshold=0.5, return_sigma=True)
     assert decoded.counts().tolist() == [2, 1]
-    expected = torch.tensor([[(3 + 0.5 + 0.4) * px, (2 + 0.5 - 0.2) * px, 1.0],
-                             [(8 + 0.5 - 0.5) * px, (6 + 0.5 + 0.3) * px, 3.0]])
+    expected = torch.tensor(
+        [[(3 + 0.5 + 0.4) * px, (2 + 0.5 - 0.2) * px, 1.0], [(8 + 0.5 - 0.5) * px, (6 + 0.5 + 0.3) * px, 3.0]]
+    )
     assert torch.allclose(decoded.xyz[0], expected, atol=1e-5)
     assert torch.allclose(decoded.xyz[1, 0], torch.tensor([5.5 * px, 5.5 * px, 0.0]), atol=1e-5)
     assert decoded.photons[0, 0] == pytest.approx(5000.0)

@@ -53,6 +53,7 @@ def test_super_gaussian_stays_in_range_and_is_non_uniform():
 
 def test_super_gaussian_order_flattens_the_top():
     """Same draws (same seed), order 4 vs 1: a flat-topped blob has more pixels near its maximum."""
+
     def near_top_fraction(frames):
         lo = frames.amin(dim=(1, 2), keepdim=True)
         hi = frames.amax(dim=(1, 2), keepdim=True)
@@ -75,27 +76,35 @@ def test_cell_like_background_in_range_smooth_and_non_uniform():
 
 def test_cell_like_background_adds_cells():
     without = cell_like_background(4, (48, 48), cell_count=0, generator=gen(5))
-    with_cells = cell_like_background(4, (48, 48), cell_count=(2, 2), cell_contrast=3.0, edge_px=1.0,
-                                      generator=gen(5))
+    with_cells = cell_like_background(
+        4, (48, 48), cell_count=(2, 2), cell_contrast=3.0, edge_px=1.0, generator=gen(5)
+    )
     assert not torch.allclose(without, with_cells)
 
 
-@pytest.mark.parametrize("make", [
-    lambda g: uniform_background(4, (9, 9), (0.0, 10.0), g),
-    lambda g: super_gaussian_background(4, (9, 9), generator=g),
-    lambda g: cell_like_background(4, (9, 9), generator=g),
-], ids=["uniform", "super_gaussian", "cell_like"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda g: uniform_background(4, (9, 9), (0.0, 10.0), g),
+        lambda g: super_gaussian_background(4, (9, 9), generator=g),
+        lambda g: cell_like_background(4, (9, 9), generator=g),
+    ],
+    ids=["uniform", "super_gaussian", "cell_like"],
+)
 def test_same_seed_same_background(make):
     assert torch.equal(make(gen(7)), make(gen(7)))
     assert not torch.equal(make(gen(7)), make(gen(8)))
 
 
-@pytest.mark.parametrize("config", [
-    {"kind": "none"},
-    {"kind": "uniform", "level": [50, 150]},
-    {"kind": "super_gaussian", "level_range": [20, 150], "order": 3},
-    {"kind": "cell_like", "correlation_px": 4.0, "cell_count": [1, 2]},
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"kind": "none"},
+        {"kind": "uniform", "level": [50, 150]},
+        {"kind": "super_gaussian", "level_range": [20, 150], "order": 3},
+        {"kind": "cell_like", "correlation_px": 4.0, "cell_count": [1, 2]},
+    ],
+)
 def test_background_from_config(config):
     model = background_from_config(config)
     frames = model(3, (12, 10), gen(9))
@@ -103,18 +112,21 @@ def test_background_from_config(config):
     assert torch.equal(background_from_config(model.to_dict())(3, (12, 10), gen(9)), frames)
 
 
-@pytest.mark.parametrize("config, match", [
-    ({"kind": "gradient"}, "background.kind must be one of"),
-    ({"kind": "uniform"}, "needs the key 'level'"),
-    ({"kind": "uniform", "level": 10, "sigma": 2}, "unknown background key 'sigma'"),
-    ({"kind": "uniform", "level": -5}, "level must be ≥ 0"),
-    ({"kind": "super_gaussian", "level_range": [150, 20]}, "lo ≤ hi"),
-    ({"kind": "super_gaussian", "aspect": [0.5, 2.0]}, "aspect must be ≤ 1"),
-    ({"kind": "super_gaussian", "width_fraction": 0}, "width_fraction must be > 0"),
-    ({"kind": "cell_like", "cell_count": [0.5, 2]}, "integers"),
-    ({"kind": "cell_like", "correlation_px": -1.0}, "correlation_px"),
-    ({"kind": "cell_like", "level_range": [1, 2, 3]}, "lo, hi"),
-])
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ({"kind": "gradient"}, "background.kind must be one of"),
+        ({"kind": "uniform"}, "needs the key 'level'"),
+        ({"kind": "uniform", "level": 10, "sigma": 2}, "unknown background key 'sigma'"),
+        ({"kind": "uniform", "level": -5}, "level must be ≥ 0"),
+        ({"kind": "super_gaussian", "level_range": [150, 20]}, "lo ≤ hi"),
+        ({"kind": "super_gaussian", "aspect": [0.5, 2.0]}, "aspect must be ≤ 1"),
+        ({"kind": "super_gaussian", "width_fraction": 0}, "width_fraction must be > 0"),
+        ({"kind": "cell_like", "cell_count": [0.5, 2]}, "integers"),
+        ({"kind": "cell_like", "correlation_px": -1.0}, "correlation_px"),
+        ({"kind": "cell_like", "level_range": [1, 2, 3]}, "lo, hi"),
+    ],
+)
 def test_bad_background_configs_raise(config, match):
     with pytest.raises(ValueError, match=match) as info:
         background_from_config(config)

@@ -28,7 +28,8 @@ def gen(seed: int = 0) -> torch.Generator:
 def assert_within(value: float, expected: float, standard_error: float, what: str, n_se: float = 5.0) -> None:
     """|value − expected| ≤ n_se standard errors (fixed seeds make this deterministic)."""
     assert abs(value - expected) <= n_se * standard_error, (
-        f"{what}: got {value:.6g}, expected {expected:.6g} ± {n_se}×{standard_error:.3g}")
+        f"{what}: got {value:.6g}, expected {expected:.6g} ± {n_se}×{standard_error:.3g}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- shot noise
@@ -38,7 +39,7 @@ def test_poisson_mean_equals_variance():
     assert np.all(x >= 0) and np.all(x == np.round(x))
     assert_within(x.mean(), mu, math.sqrt(mu / n), "Poisson mean")
     # Var(s²) ≈ (μ4 − σ⁴)/n with μ4 = μ + 3μ² for a Poisson variable
-    assert_within(x.var(ddof=1), mu, math.sqrt((mu + 2 * mu ** 2) / n), "Poisson variance")
+    assert_within(x.var(ddof=1), mu, math.sqrt((mu + 2 * mu**2) / n), "Poisson variance")
 
 
 def test_poisson_counts_round_off_negatives_as_zero():
@@ -65,13 +66,16 @@ def test_differentiable_shot_noise_gradients_are_finite_and_exact():
     torch.testing.assert_close(mu.grad[2:], 1 + eps / (2 * torch.sqrt(m)))
 
 
-@pytest.mark.parametrize("camera", [IdealCamera(), ReadoutCamera(), EMCCD(), EMCCD(read_noise_e=0.0),
-                                    SCMOS(read_var_adu2=0.0)], ids=lambda c: repr(c)[:40])
+@pytest.mark.parametrize(
+    "camera",
+    [IdealCamera(), ReadoutCamera(), EMCCD(), EMCCD(read_noise_e=0.0), SCMOS(read_var_adu2=0.0)],
+    ids=lambda c: repr(c)[:40],
+)
 def test_every_camera_has_finite_gradients_in_differentiable_mode(camera):
     mu = torch.cat([torch.zeros(1, 8, 8), torch.full((1, 8, 8), 30.0)]).requires_grad_()
     out = camera.sample(mu, gen(4), differentiable=True)
     assert out.shape == mu.shape and torch.isfinite(out).all()
-    (out ** 2).mean().backward()
+    (out**2).mean().backward()
     assert torch.isfinite(mu.grad).all() and mu.grad.abs().sum() > 0
 
 
@@ -81,7 +85,7 @@ def test_gamma_sampler_moments_and_distribution(alpha):
     scale, n = 2.5, 40_000
     x = sample_gamma(torch.full((n,), alpha), scale, gen(5)).double().numpy()
     assert np.all(x >= 0)
-    mean, var = alpha * scale, alpha * scale ** 2
+    mean, var = alpha * scale, alpha * scale**2
     assert_within(x.mean(), mean, math.sqrt(var / n), f"Gamma({alpha}) mean")
     # Var(s²) ≈ σ⁴(2 + excess kurtosis)/n, excess kurtosis 6/α
     assert_within(x.var(ddof=1), var, var * math.sqrt((2 + 6 / alpha) / n), f"Gamma({alpha}) variance")
@@ -109,14 +113,14 @@ def test_emccd_excess_noise_factor_is_two():
     lam = camera.qe * mu
     frames = torch.full((n,), mu)
     electrons = camera.amplified_electrons(frames, gen(6)).double().numpy()
-    f2 = electrons.var(ddof=1) / (camera.em_gain ** 2 * lam)
+    f2 = electrons.var(ddof=1) / (camera.em_gain**2 * lam)
     assert abs(f2 - 2) < 0.1, f"F² from the EM register = {f2:.3f}"
     assert abs(electrons.mean() / (camera.em_gain * lam) - 1) < 0.02
     adu = camera.sample(frames, gen(7)).double().numpy()
     assert np.all(adu == np.round(adu))
     k = camera.e_per_adu
-    electron_var = adu.var(ddof=1) * k ** 2 - camera.read_noise_e ** 2 - k ** 2 / 12  # minus read and ADC
-    f2_adu = electron_var / (camera.em_gain ** 2 * lam)
+    electron_var = adu.var(ddof=1) * k**2 - camera.read_noise_e**2 - k**2 / 12  # minus read and ADC
+    f2_adu = electron_var / (camera.em_gain**2 * lam)
     assert abs(f2_adu - 2) < 0.1, f"F² from the ADU output = {f2_adu:.3f}"
 
 
@@ -138,12 +142,13 @@ def test_emccd_differentiable_mode_matches_mean_and_variance():
     lam = camera.qe * mu
     adu = camera.sample(torch.full((n,), mu, dtype=torch.float64), gen(11), differentiable=True).numpy()
     assert np.all(adu == np.round(adu))  # straight-through floor keeps the ADC's integer output
-    var_e = 2 * camera.em_gain ** 2 * lam + camera.read_noise_e ** 2
+    var_e = 2 * camera.em_gain**2 * lam + camera.read_noise_e**2
     expected_mean = camera.em_gain * lam / camera.e_per_adu - 0.5 + camera.baseline_adu
-    expected_var = var_e / camera.e_per_adu ** 2 + 1 / 12
+    expected_var = var_e / camera.e_per_adu**2 + 1 / 12
     assert_within(adu.mean(), expected_mean, math.sqrt(expected_var / n), "differentiable EMCCD mean")
-    assert_within(adu.var(ddof=1), expected_var, expected_var * math.sqrt(2 / n),
-                  "differentiable EMCCD variance")
+    assert_within(
+        adu.var(ddof=1), expected_var, expected_var * math.sqrt(2 / n), "differentiable EMCCD variance"
+    )
 
 
 # ------------------------------------------------------------------------------------------ readout camera
@@ -200,11 +205,12 @@ def test_scmos_per_pixel_statistics_match_the_maps():
     n = 6000
     mu_map = torch.linspace(5.0, 60.0, 30).view(6, 5)
     x = camera.sample(mu_map.expand(n, 6, 5).double(), gen(15)).numpy()
-    gain, offset, read_var = (t.double().numpy() for t in (camera.gain_adu_per_e, camera.offset_adu,
-                                                           camera.read_var_adu2))
+    gain, offset, read_var = (
+        t.double().numpy() for t in (camera.gain_adu_per_e, camera.offset_adu, camera.read_var_adu2)
+    )
     electrons = camera.qe * mu_map.double().numpy()
     mean = gain * electrons + offset
-    var = gain ** 2 * electrons + read_var
+    var = gain**2 * electrons + read_var
     assert np.all(np.abs(x.mean(0) - mean) <= 5 * np.sqrt(var / n))
     assert np.all(np.abs(x.var(0, ddof=1) - var) <= 5 * var * np.sqrt(2.5 / n))
     photons = camera.to_photons(torch.tensor(x)).mean(0).numpy()
@@ -224,8 +230,16 @@ def test_scmos_random_maps_are_reproducible_and_checked():
 
 
 # ----------------------------------------------------------------------------------------- reproducibility
-@pytest.mark.parametrize("camera", [IdealCamera(), ReadoutCamera(), EMCCD(spurious_charge_e=0.01),
-                                    SCMOS.random((16, 16), np.random.default_rng(0))], ids=lambda c: c.kind)
+@pytest.mark.parametrize(
+    "camera",
+    [
+        IdealCamera(),
+        ReadoutCamera(),
+        EMCCD(spurious_charge_e=0.01),
+        SCMOS.random((16, 16), np.random.default_rng(0)),
+    ],
+    ids=lambda c: c.kind,
+)
 @pytest.mark.parametrize("differentiable", [False, True])
 def test_same_seed_same_frames(camera, differentiable):
     mu = torch.rand(3, 16, 16, generator=gen(99)) * 100
@@ -236,13 +250,17 @@ def test_same_seed_same_frames(camera, differentiable):
 
 
 # ---------------------------------------------------------------------------------------------- configs
-@pytest.mark.parametrize("camera", [
-    IdealCamera(),
-    ReadoutCamera(baseline=25.0, read_noise=(8.0, 12.0), read_noise_correlation_px=None),
-    ReadoutCamera(baseline=torch.arange(4.0).view(2, 2), read_noise=torch.ones(3, 1, 1)),
-    EMCCD(em_gain=250.0, spurious_charge_e=0.002),
-    SCMOS.random((3, 2), np.random.default_rng(0)),
-], ids=lambda c: c.kind)
+@pytest.mark.parametrize(
+    "camera",
+    [
+        IdealCamera(),
+        ReadoutCamera(baseline=25.0, read_noise=(8.0, 12.0), read_noise_correlation_px=None),
+        ReadoutCamera(baseline=torch.arange(4.0).view(2, 2), read_noise=torch.ones(3, 1, 1)),
+        EMCCD(em_gain=250.0, spurious_charge_e=0.002),
+        SCMOS.random((3, 2), np.random.default_rng(0)),
+    ],
+    ids=lambda c: c.kind,
+)
 def test_to_dict_from_config_round_trip(camera):
     data = camera.to_dict()
     rebuilt = camera_from_config(data)
@@ -258,20 +276,23 @@ def test_scmos_config_can_draw_maps_from_a_seed():
     assert abs(float(a.gain_adu_per_e.mean()) - 1.5) < 0.2
 
 
-@pytest.mark.parametrize("config, match", [
-    ({"kind": "ccd"}, "camera.kind must be one of"),
-    ({"em_gain": 100}, "camera.kind must be one of"),
-    ({"kind": "emccd", "gain": 100}, "unknown camera key 'gain'"),
-    ({"kind": "emccd", "qe": 1.5}, "qe must be at most 1"),
-    ({"kind": "emccd", "em_gain": 0.5}, "em_gain must be ≥ 1"),
-    ({"kind": "emccd", "read_noise_e": -1}, "read_noise_e"),
-    ({"kind": "readout", "baseline": [40, 20]}, "lo ≤ hi"),
-    ({"kind": "readout", "read_noise": -2.0}, "read_noise"),
-    ({"kind": "readout", "read_noise": "high"}, "read_noise"),
-    ({"kind": "scmos", "gain_adu_per_e": 0.0}, "gain_adu_per_e"),
-    ({"kind": "scmos", "seed": 3}, "need 'shape'"),
-    ({"kind": "scmos", "shape": [4, 4], "offset_adu": 100.0}, "cannot be combined"),
-])
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ({"kind": "ccd"}, "camera.kind must be one of"),
+        ({"em_gain": 100}, "camera.kind must be one of"),
+        ({"kind": "emccd", "gain": 100}, "unknown camera key 'gain'"),
+        ({"kind": "emccd", "qe": 1.5}, "qe must be at most 1"),
+        ({"kind": "emccd", "em_gain": 0.5}, "em_gain must be ≥ 1"),
+        ({"kind": "emccd", "read_noise_e": -1}, "read_noise_e"),
+        ({"kind": "readout", "baseline": [40, 20]}, "lo ≤ hi"),
+        ({"kind": "readout", "read_noise": -2.0}, "read_noise"),
+        ({"kind": "readout", "read_noise": "high"}, "read_noise"),
+        ({"kind": "scmos", "gain_adu_per_e": 0.0}, "gain_adu_per_e"),
+        ({"kind": "scmos", "seed": 3}, "need 'shape'"),
+        ({"kind": "scmos", "shape": [4, 4], "offset_adu": 100.0}, "cannot be combined"),
+    ],
+)
 def test_bad_camera_configs_raise_one_line_errors(config, match):
     with pytest.raises(ValueError, match=match) as info:
         camera_from_config(config)

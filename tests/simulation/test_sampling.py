@@ -123,8 +123,9 @@ def test_dim_emitters_are_unlabelled():
 
 
 def test_uniform_and_fixed_photons():
-    uniform = np.concatenate([f["photons"] for f in draw(
-        sampler(photons={"kind": "uniform", "low": 10000, "high": 60000}), 50)])
+    uniform = np.concatenate(
+        [f["photons"] for f in draw(sampler(photons={"kind": "uniform", "low": 10000, "high": 60000}), 50)]
+    )
     assert uniform.min() >= 10000 and uniform.max() <= 60000 and uniform.std() > 10000
     fixed_sampler = sampler(photons={"kind": "fixed", "value": 30000})
     fixed = np.concatenate([f["photons"] for f in draw(fixed_sampler, 5)])
@@ -132,8 +133,14 @@ def test_uniform_and_fixed_photons():
 
 
 def test_min_distance_is_respected():
-    s = sampler(frame_shape=(20, 20), z_range_um=(0.0, 1.0), density_per_um2=None, count_range=(40, 40),
-                min_distance_um=0.25, margin_px=2)
+    s = sampler(
+        frame_shape=(20, 20),
+        z_range_um=(0.0, 1.0),
+        density_per_um2=None,
+        count_range=(40, 40),
+        min_distance_um=0.25,
+        margin_px=2,
+    )
     for frame in draw(s, 10):
         xyz = frame["xyz"]
         d = np.linalg.norm(xyz[:, None] - xyz[None], axis=-1)
@@ -176,8 +183,9 @@ def test_sphere_points_are_uniform_in_area():
 @pytest.mark.parametrize("a, c", [(1.0, 3.0), (2.0, 0.5)], ids=["prolate", "oblate"])
 def test_spheroid_points_are_uniform_in_area(a, c):
     """Fraction of points with |z| > c/2 against the exact area fraction of that zone."""
+
     def zone_area(z0, z1):  # dA/dz = 2π·a·sqrt(1 − z²(c² − a²)/c⁴) for a spheroid of radii (a, a, c)
-        return quad(lambda z: 2 * math.pi * a * math.sqrt(1 - z * z * (c * c - a * a) / c ** 4), z0, z1)[0]
+        return quad(lambda z: 2 * math.pi * a * math.sqrt(1 - z * z * (c * c - a * a) / c**4), z0, z1)[0]
 
     exact = 2 * zone_area(c / 2, c) / (2 * zone_area(0, c))
     n = 20_000
@@ -189,8 +197,9 @@ def test_spheroid_points_are_uniform_in_area(a, c):
 # ---------------------------------------------------------------------------------------------- conversion
 def test_to_emitters_pads_frames():
     s = sampler(label_min_photons=6000.0, margin_px=3)
-    samples = [s.sample(rng(0, i)) for i in range(3)] + [{"xyz": np.zeros((0, 3)), "photons": np.zeros(0),
-                                                           "labelled": np.zeros(0, bool)}]
+    samples = [s.sample(rng(0, i)) for i in range(3)] + [
+        {"xyz": np.zeros((0, 3)), "photons": np.zeros(0), "labelled": np.zeros(0, bool)}
+    ]
     em = to_emitters(samples)
     counts = [len(x["xyz"]) for x in samples]
     assert em.batch_size == 4 and em.max_count == max(counts)
@@ -199,7 +208,7 @@ def test_to_emitters_pads_frames():
     assert em.xyz.dtype == torch.float32
     for i, x in enumerate(samples):
         np.testing.assert_allclose(em.per_frame()[i], x["xyz"], atol=1e-6)
-        np.testing.assert_allclose(em.photons[i, :counts[i]].numpy(), x["photons"], rtol=1e-6)
+        np.testing.assert_allclose(em.photons[i, : counts[i]].numpy(), x["photons"], rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------- setup & configs
@@ -222,24 +231,27 @@ def test_to_dict_round_trip():
         EmitterSampler.from_dict({**data, "density": 1})
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (dict(density_per_um2=(-0.1, 0.2)), "density_per_um2 must be ≥ 0"),
-    (dict(density_per_um2=(0.3, 0.2)), "lo ≤ hi"),
-    (dict(count_range=(1, 5)), "exactly one of"),
-    (dict(density_per_um2=None), "exactly one of"),
-    (dict(density_per_um2=None, count_range=(1.5, 3)), "integers"),
-    (dict(z_range_um=(3.0, 1.0)), "z_range_um must have lo ≤ hi"),
-    (dict(z_range_um=(-1.0, 1.0)), "z_range_um must be ≥ 0"),
-    (dict(frame_shape=(0, 10)), "frame_shape"),
-    (dict(pixel_size_um=0.0), "pixel_size_um"),
-    (dict(photons={"kind": "poisson", "lam": 3}), "photons.kind must be one of"),
-    (dict(photons={"kind": "gamma", "shape": 3}), "missing \\['scale'\\]"),
-    (dict(photons={"kind": "uniform", "low": 5, "high": 1}), "low ≤ high"),
-    (dict(label_min_photons=-1), "label_min_photons"),
-    (dict(margin_px=-2), "margin_px"),
-    (dict(min_distance_um=-0.1), "min_distance_um"),
-    (dict(max_emitters=-1), "max_emitters"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(density_per_um2=(-0.1, 0.2)), "density_per_um2 must be ≥ 0"),
+        (dict(density_per_um2=(0.3, 0.2)), "lo ≤ hi"),
+        (dict(count_range=(1, 5)), "exactly one of"),
+        (dict(density_per_um2=None), "exactly one of"),
+        (dict(density_per_um2=None, count_range=(1.5, 3)), "integers"),
+        (dict(z_range_um=(3.0, 1.0)), "z_range_um must have lo ≤ hi"),
+        (dict(z_range_um=(-1.0, 1.0)), "z_range_um must be ≥ 0"),
+        (dict(frame_shape=(0, 10)), "frame_shape"),
+        (dict(pixel_size_um=0.0), "pixel_size_um"),
+        (dict(photons={"kind": "poisson", "lam": 3}), "photons.kind must be one of"),
+        (dict(photons={"kind": "gamma", "shape": 3}), "missing \\['scale'\\]"),
+        (dict(photons={"kind": "uniform", "low": 5, "high": 1}), "low ≤ high"),
+        (dict(label_min_photons=-1), "label_min_photons"),
+        (dict(margin_px=-2), "margin_px"),
+        (dict(min_distance_um=-0.1), "min_distance_um"),
+        (dict(max_emitters=-1), "max_emitters"),
+    ],
+)
 def test_bad_sampler_settings_raise(overrides, match):
     with pytest.raises(ValueError, match=match) as info:
         sampler(**overrides)
