@@ -15,11 +15,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from dstorm3d.simulate import (
-    CSV_COLUMNS,
-    OUTPUT_FILES,
-    Blinking,
-    BlinkingSettings,
+from dstorm3d.simulate import CSV_COLUMNS, OUTPUT_FILES
+from dstorm3d.simulation.blinking import Blinking, BlinkingSettings
+from dstorm3d.simulation.structures import (
     EllipsoidSettings,
     FilamentSettings,
     Volume,

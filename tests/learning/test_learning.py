@@ -73,6 +73,11 @@ def train_and_score(
     return scores
 
 
+# Axial RMSE of matches made by chance inside the 150 nm matching ball is R/√5 = 67 nm: a ceiling above it
+# cannot fail. The models below measure 61–62 nm.
+AXIAL_CEILING_NM = 66.0
+
+
 @pytest.fixture(scope="module")
 def offsets_model(tmp_path_factory) -> tuple[dict[str, float], Path]:
     """The quickstart configuration (offsets head) trained 750 steps: held-out scores and a checkpoint."""
@@ -91,10 +96,11 @@ def test_offsets_head_learns_from_scratch(offsets_model):
     """The quickstart network (24-channel U-Net, Adam 4e-3 with a cosine schedule over the 750 steps):
     measured Jaccard 0.43, RMSE 49.9 / 61.1 nm (the earlier dilated-trunk quickstart: 0.29 and 0.27, the
     same seeds before and after a change of the renderer's float rounding — short runs move by a few
-    hundredths with the arithmetic, so the floors leave room)."""
+    hundredths with the arithmetic, so the floors leave room). Chance inside the 150 nm matching ball gives
+    RMSE 95 nm laterally and 67 nm axially (R·√(2/5), R/√5): the ceilings sit below both."""
     scores, _ = offsets_model
     assert scores["jaccard"] >= 0.30
-    assert scores["rmse_lat_nm"] <= 65.0 and scores["rmse_ax_nm"] <= 90.0
+    assert scores["rmse_lat_nm"] <= 65.0 and scores["rmse_ax_nm"] <= AXIAL_CEILING_NM
 
 
 def test_volume_head_learns_from_scratch(tmp_path):
@@ -189,4 +195,4 @@ def test_trained_checkpoint_localizes_a_simulated_recording_through_the_clis(off
     )
     assert sum(len(t) for t in truth) >= 3 * frames
     assert scores["jaccard"] >= 0.30  # measured 0.51 (RMSE 48 / 62 nm); untrained ≈ 0
-    assert scores["rmse_lat_nm"] <= 70.0 and scores["rmse_ax_nm"] <= 110.0
+    assert scores["rmse_lat_nm"] <= 70.0 and scores["rmse_ax_nm"] <= AXIAL_CEILING_NM
