@@ -33,7 +33,8 @@ class VolumeGrid:
 
     Attributes:
         pixel_size_um: camera pixel at the sample, Δx (µm).
-        upsampling: lateral voxels per camera pixel, ``u`` (paper: 4).
+        voxels_per_pixel: lateral voxels per camera pixel, ``u`` (paper: 4; the head's ``upsampling``
+            counts ×2 stages, so ``u = 2**upsampling``).
         z_range_um: ``(z_min, z_max)`` of the axial range (µm).
         depth_slices: number of z slices ``D``.
         frame_shape: ``(H, W)`` of the camera frame in pixels, when fixed (else ``None``).
@@ -42,7 +43,7 @@ class VolumeGrid:
     """
 
     pixel_size_um: float
-    upsampling: int = 4
+    voxels_per_pixel: int = 4
     z_range_um: tuple[float, float] = (0.0, 4.0)
     depth_slices: int = 121
     frame_shape: tuple[int, int] | None = None
@@ -56,11 +57,11 @@ class VolumeGrid:
             object.__setattr__(self, "frame_shape", tuple(int(n) for n in self.frame_shape))
         if self.pixel_size_um <= 0:
             raise ValueError(f"pixel_size_um must be positive, got {self.pixel_size_um}")
-        if int(self.upsampling) != self.upsampling or self.upsampling < 1:
-            raise ValueError(f"upsampling must be a positive integer, got {self.upsampling}")
+        if int(self.voxels_per_pixel) != self.voxels_per_pixel or self.voxels_per_pixel < 1:
+            raise ValueError(f"voxels_per_pixel must be a positive integer, got {self.voxels_per_pixel}")
         if int(self.depth_slices) != self.depth_slices or self.depth_slices < 1:
             raise ValueError(f"depth_slices must be a positive integer, got {self.depth_slices}")
-        for name in ("upsampling", "depth_slices"):
+        for name in ("voxels_per_pixel", "depth_slices"):
             object.__setattr__(self, name, int(getattr(self, name)))
         for name in ("pixel_size_um", "lateral_offset_voxels", "z_offset_voxels"):
             object.__setattr__(self, name, float(getattr(self, name)))
@@ -71,7 +72,7 @@ class VolumeGrid:
     @property
     def lateral_voxel_um(self) -> float:
         """``Δx/u``: lateral voxel size (µm)."""
-        return self.pixel_size_um / self.upsampling
+        return self.pixel_size_um / self.voxels_per_pixel
 
     @property
     def axial_voxel_um(self) -> float:
@@ -89,7 +90,7 @@ class VolumeGrid:
         if shape is None:
             raise ValueError("frame_shape is not set on the grid; pass it explicitly")
         h, w = shape
-        return (self.depth_slices, self.upsampling * int(h), self.upsampling * int(w))
+        return (self.depth_slices, self.voxels_per_pixel * int(h), self.voxels_per_pixel * int(w))
 
     # ------------------------------------------------------------------ coordinates
     def _origin_and_step(self, like: Tensor) -> tuple[Tensor, Tensor]:

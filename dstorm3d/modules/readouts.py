@@ -39,7 +39,7 @@ class VolumeReadout(nn.Module):
         self.output_scale = float(head.get("output_scale", 800.0))
         self.grid = VolumeGrid(
             pixel_size_um=setup.pixel_size_um,
-            upsampling=2 ** int(head.get("upsampling", 2)),
+            voxels_per_pixel=2 ** int(head.get("upsampling", 2)),
             z_range_um=setup.z_range_um,
             depth_slices=int(head.get("depth_slices", 121)),
             lateral_offset_voxels=float(post.pop("lateral_offset_voxels", 0.0)),

@@ -15,7 +15,7 @@ from dstorm3d.losses.blur import gaussian_blur_3d, gaussian_kernel_1d
 from dstorm3d.losses.volume import KDELoss, soft_dice_loss, volume_target
 
 GRID = VolumeGrid(
-    pixel_size_um=0.11, upsampling=4, z_range_um=(0.5, 2.5), depth_slices=21, frame_shape=(16, 16)
+    pixel_size_um=0.11, voxels_per_pixel=4, z_range_um=(0.5, 2.5), depth_slices=21, frame_shape=(16, 16)
 )
 SCALE = 800.0
 

@@ -16,7 +16,7 @@ from dstorm3d.postprocess.offsets import decode_offsets
 from dstorm3d.postprocess.volume import decode_volume, local_maxima_3d, max_filter_3d
 
 GRID = VolumeGrid(
-    pixel_size_um=0.11, upsampling=4, z_range_um=(0.5, 2.5), depth_slices=21, frame_shape=(16, 16)
+    pixel_size_um=0.11, voxels_per_pixel=4, z_range_um=(0.5, 2.5), depth_slices=21, frame_shape=(16, 16)
 )
 SCALE = 800.0
 RADIUS = 4
@@ -24,7 +24,7 @@ RADIUS = 4
 
 # ---------------------------------------------------------------- geometry
 def test_paper_grid_voxel_size():
-    grid = VolumeGrid(pixel_size_um=0.11, upsampling=4, z_range_um=(0.0, 4.0), depth_slices=121)
+    grid = VolumeGrid(pixel_size_um=0.11, voxels_per_pixel=4, z_range_um=(0.0, 4.0), depth_slices=121)
     assert np.allclose(np.array(grid.voxel_size_um) * 1e3, [27.5, 27.5, 33.0579], atol=1e-3)
     assert grid.volume_shape((30, 40)) == (121, 120, 160)
 
@@ -182,7 +182,7 @@ def test_gaussian_decodes_an_independently_built_blob(centre):
     rounding; the Gaussian fit is exact for a Gaussian blob)."""
     decoded = decode_volume(numpy_blob(centre), GRID, 0.3 * SCALE, RADIUS, method="gaussian", blurred=True)
     assert decoded.counts().tolist() == [1]
-    dxy = GRID.pixel_size_um / GRID.upsampling
+    dxy = GRID.lateral_voxel_um
     dz = (GRID.z_range_um[1] - GRID.z_range_um[0]) / GRID.depth_slices
     c, r, k = centre
     expected = [(c + 0.5) * dxy, (r + 0.5) * dxy, GRID.z_range_um[0] + (k + 0.5) * dz]
