@@ -67,7 +67,7 @@ def main() -> None:
             head_tile = None  # head tiles exist for the volumetric head's 4× grid
         found = []
 
-        def call() -> None:
+        def call(found=found, module=module, tile=tile, head_tile=head_tile) -> None:
             with torch.inference_mode():
                 found.append(localize_frames(module, frames, tile=tile, head_tile=head_tile))
 
@@ -112,9 +112,10 @@ def main() -> None:
             "repeats": args.repeats,
             "tile / head_tile": "infer.py's auto for this device",
         }
-        print(
-            f"wrote {write_report(args.out, 'Checkpoint inference speed', {'Speed': table}, machine, settings, notes)}"
+        written = write_report(
+            args.out, "Checkpoint inference speed", {"Speed": table}, machine, settings, notes
         )
+        print(f"wrote {written}")
 
 
 if __name__ == "__main__":

@@ -246,7 +246,8 @@ def markdown_table(
 
 
 def print_results(tables: Sequence[str], machine: Mapping[str, str], notes: Sequence[str]) -> None:
-    """The tables, the main machine details (CPU, cores, torch, threads, GPU, TF32) and the notes on stdout."""
+    """The tables, the main machine details (CPU, cores, torch, threads, GPU, TF32) and the notes, on
+    stdout."""
     for table in tables:
         print(table)
         print()

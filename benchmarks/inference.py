@@ -75,7 +75,7 @@ SAME_NM = 0.01  # localizations closer than this count as the same
 # ---------------------------------------------------------------------------------------- the baseline
 @contextlib.contextmanager
 def full_fp32_convolutions() -> Iterator[None]:
-    """cuDNN convolutions in full fp32 (no TF32) inside the block, as the original's Titan Xp computed them."""
+    """cuDNN convolutions in full fp32 (no TF32) inside the block, as the original's Titan Xp ran them."""
     previous = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
     try:
@@ -227,7 +227,8 @@ def load_frames(folder: Path, count: int, crop: Sequence[int] | None) -> Tensor:
 
 
 def authors_module(weights: Path) -> torch.nn.Module:
-    """The authors' network as a :class:`LocalizerModule`, through a checkpoint file as ``infer.py`` loads it."""
+    """The authors' network as a :class:`LocalizerModule`, through a checkpoint file as ``infer.py``
+    loads it."""
     from dstorm3d.import_weights import build_authors_checkpoint
     from dstorm3d.modules.checkpoints import load_module
 
@@ -324,8 +325,8 @@ def measure(
     if module.readout.decode_kwargs.get("method", "centroid") != "centroid":
         raise SystemExit("the benchmark compares the centroid post-processing; the checkpoint uses another")
     batches = [b.to(device) for b in frame_batches(frames, batch)]
-    # bf16-cl (and CPU runs with --cpu-memory-format channels-last, as infer.py on CPUs): the network's weights
-    # (hence its activations) in channels-last memory format
+    # bf16-cl (and CPU runs with --cpu-memory-format channels-last, as infer.py on CPUs): the network's
+    # weights (hence its activations) in channels-last memory format
     channels_last = precision == "bf16-cl" or (device.type == "cpu" and cpu_channels_last)
     module.net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     net = NetProbe(module.net, device, precision)
@@ -517,9 +518,10 @@ def goals_table(rows: Sequence[Row], cores: int) -> str:
             verdict += " (no baseline check)"
         table.append(
             [
-                f"CPU: ≥ {CPU_GOAL_SPEEDUP:g}× the original (≈ {ORIGINAL_CPU_S_PER_FRAME:g} s per 492×332 frame on "
-                f"2 cores), same localizations",
-                f"{per_frame:,.1f} s/frame = {speedup:,.1f}× ({best.precision}, {best.tiling}, {cores} cores)",
+                f"CPU: ≥ {CPU_GOAL_SPEEDUP:g}× the original (≈ {ORIGINAL_CPU_S_PER_FRAME:g} s per "
+                f"492×332 frame on 2 cores), same localizations",
+                f"{per_frame:,.1f} s/frame = {speedup:,.1f}× "
+                f"({best.precision}, {best.tiling}, {cores} cores)",
                 verdict,
             ]
         )
@@ -745,8 +747,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if row.agreement is not None
     ]
     notes += [
-        f"{row.device} {row.precision} {row.tiling}: localize_frames (autocast around it, as infer.py) vs the "
-        f"probed run: {row.product_agreement.text()}"
+        f"{row.device} {row.precision} {row.tiling}: localize_frames (autocast around it, as infer.py) "
+        f"vs the probed run: {row.product_agreement.text()}"
         for row in rows
         if row.product_agreement is not None
     ]
@@ -754,13 +756,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.out is not None:
         shape = "×".join(str(s) for s in rows[0].frame_shape) if rows else "?"
         settings = {
-            "network": f"the authors' STORM network ({args.weights.name}; D = {module.readout.grid.depth_slices}, "
+            "network": f"the authors' STORM network ({args.weights.name}; "
+            f"D = {module.readout.grid.depth_slices}, "
             f"s = {module.readout.output_scale:g}), threshold {float(module.threshold):g}, "
             f"radius {module.readout.decode_kwargs.get('radius', 4)} (9³ windows)",
             "frames": f"{args.frames_dir} ({shape} px{', centre crop' if args.crop else ''}); CPU "
             f"{args.frames_cpu}, GPU {args.frames_gpu} per pass",
             "batch (CPU / GPU)": f"{args.batch_cpu} / {args.batch_gpu} frames per localize_frames call",
-            "tiles (CPU / GPU)": f"{[t or 'whole' for t in args.tiles_cpu]} / {[t or 'whole' for t in args.tiles_gpu]}"
+            "tiles (CPU / GPU)": f"{[t or 'whole' for t in args.tiles_cpu]} / "
+            f"{[t or 'whole' for t in args.tiles_gpu]}"
             f" px cores, margin {margin} px (network receptive radius + 2)",
             "head tiles (CPU / GPU)": f"{[t or 'whole' for t in args.head_tiles_cpu]} / "
             f"{[t or 'whole' for t in args.head_tiles_gpu]} px of trunk features, margin "
@@ -773,20 +777,23 @@ def main(argv: Sequence[str] | None = None) -> None:
             "CPU memory format": args.cpu_memory_format,
         }
         notes = notes + [
-            "forward: the network on every frame or tile (normalisation excluded; bf16 = autocast); ours post: "
-            "`decode_volume`; dense post: the original's method (9³ max-pool maxima, dense conv3d moments with "
-            "ones/x/y/z 9³ kernels in full fp32, read at the maxima) on the same volumes. Rates are frames ÷ the "
-            "summed median time of a pass; ± is half the relative range of the timed passes.",
-            "end-to-end: `localize_frames` wall time with the probe (normalisation, tiling, stitching; on CUDA also "
-            "the probe's synchronisations); dense end-to-end: the same network time + the dense pass. "
+            "forward: the network on every frame or tile (normalisation excluded; bf16 = autocast); "
+            "ours post: `decode_volume`; dense post: the original's method (9³ max-pool maxima, dense "
+            "conv3d moments with ones/x/y/z 9³ kernels in full fp32, read at the maxima) on the same "
+            "volumes. Rates are frames ÷ the summed median time of a pass; ± is half the relative range "
+            "of the timed passes.",
+            "end-to-end: `localize_frames` wall time with the probe (normalisation, tiling, stitching; on "
+            "CUDA also the probe's synchronisations); dense end-to-end: the same network time + the dense "
+            "pass. "
             "localize_frames: the product call alone, under autocast as Lightning's predict loop runs it.",
             f"Same as dense: every localization has a partner in the other set closer than {SAME_NM} nm and "
             "vice versa (exactly tied maxima are kept once by ours and every time by max-pooling).",
-            f"The original's CPU figure (≈ {ORIGINAL_CPU_S_PER_FRAME:g} s per frame) is for 2 cores; run with "
-            "--threads 2 for a like-for-like comparison. The dense baseline measured here is that method on "
+            f"The original's CPU figure (≈ {ORIGINAL_CPU_S_PER_FRAME:g} s per frame) is for 2 cores; run "
+            "with --threads 2 for a like-for-like comparison. The dense baseline measured here is that "
+            "method on "
             "today's torch with the same network.",
-            "Peak GPU memory: of the localize_frames run when measured, else of the probed run (which keeps a "
-            "batch's network outputs for the baseline).",
+            "Peak GPU memory: of the localize_frames run when measured, else of the probed run (which "
+            "keeps a batch's network outputs for the baseline).",
         ]
         tables = {"Frames per second": table, "Goals": goals}
         path = write_report(args.out, "Inference throughput", tables, machine, settings, notes)

@@ -294,7 +294,7 @@ def measure_pipeline(
         for _ in range(drained):
             render_next()
         timing = time_call(call, device, args.warmup, args.repeats)
-    del batches  # stops the workers
+    batches = None  # drops the loader's iterator, which stops the workers
     frames_per_call = n_frames * args.pipeline_batches
     print(
         f"  {device.type:4s} training-data pipeline, {workers:2d} workers      "

@@ -229,11 +229,11 @@ def measure(
         backward,
         peak_memory_text(device),
     )
-    del module, optimizer
     print(
         f"  {device.type:4s} {experiment.name:14s} {precision:7s} batch {batch_size:3d}: "
         f"{full.rate_text(batch_size):>12s} images/s, step {1e3 * full.median:8.1f} ms (sim "
-        f"{1e3 * simulation.median:.1f} / fwd {1e3 * forward.median:.1f} / bwd+step {1e3 * backward.median:.1f} ms)",
+        f"{1e3 * simulation.median:.1f} / fwd {1e3 * forward.median:.1f} / "
+        f"bwd+step {1e3 * backward.median:.1f} ms)",
         file=sys.stderr,
         flush=True,
     )
@@ -435,21 +435,28 @@ def main(argv: Sequence[str] | None = None) -> None:
             else f"train.yaml experiment=quickstart: {quick.description()}",
             "batch sizes (CPU / GPU)": f"{args.batch_cpu} / {args.batch_gpu}",
             "precisions (CPU / GPU)": f"{args.precisions_cpu} / {args.precisions_gpu}",
-            "warm-up / timed steps / split steps (CPU)": f"{cpu.warmup} / {cpu.repeats} / {cpu.split_repeats}",
-            "warm-up / timed steps / split steps (GPU)": f"{gpu.warmup} / {gpu.repeats} / {gpu.split_repeats}",
+            "warm-up / timed steps / split steps (CPU)": (
+                f"{cpu.warmup} / {cpu.repeats} / {cpu.split_repeats}"
+            ),
+            "warm-up / timed steps / split steps (GPU)": (
+                f"{gpu.warmup} / {gpu.repeats} / {gpu.split_repeats}"
+            ),
             "TF32": args.tf32,
             "optimizer": ", ".join(f"{e.name}: Adam, lr {e.model['optimizer'].get('lr')}" for e in measured),
         }
         notes = notes + [
-            "A step: batch to the device, `training_step` (rendering + camera noise + normalisation + network + "
-            "loss) under the precision's autocast, `backward`, `optimizer.step()`; fresh emitters every step. "
-            "Images/s: batch ÷ median step time (± is half the relative range of the timed steps).",
-            "Split: further steps timed part by part with a device synchronisation between parts (percentages "
-            "of their sum); the synchronisations make their sum a little above the full step on a GPU.",
+            "A step: batch to the device, `training_step` (rendering + camera noise + normalisation + "
+            "network + loss) under the precision's autocast, `backward`, `optimizer.step()`; fresh "
+            "emitters every step. Images/s: batch ÷ median step time (± is half the relative range of the "
+            "timed steps).",
+            "Split: further steps timed part by part with a device synchronisation between parts "
+            "(percentages of their sum); the synchronisations make their sum a little above the full step "
+            "on a GPU.",
             "Not in the step: the training-metric decode every `train_metrics_every_n_steps` (50) steps, "
             "validation, logging and the DataLoader (it runs in worker processes alongside).",
-            f"9,000-image epoch: the paper's epoch size ÷ images/s; the original needed ≈ {ORIGINAL_EPOCH_S:,.0f} s "
-            "per epoch on a Titan Xp with pre-generated data (reference.md §10), 23–41 epochs per model.",
+            f"9,000-image epoch: the paper's epoch size ÷ images/s; the original needed "
+            f"≈ {ORIGINAL_EPOCH_S:,.0f} s per epoch on a Titan Xp with pre-generated data "
+            "(reference.md §10), 23–41 epochs per model.",
         ]
         tables = {"Training steps": table}
         path = write_report(args.out, "Training throughput", tables, machine, settings, notes)

@@ -201,7 +201,8 @@ def build_authors_checkpoint(
 
 
 def read_reference(path: Path, frame: int) -> np.ndarray:
-    """The authors' localizations ``(n, 3)`` nm of one frame from their CSV (frame, x_nm, y_nm, z_nm, conf)."""
+    """The authors' localizations ``(n, 3)`` nm of one frame from their CSV (frame, x_nm, y_nm, z_nm,
+    conf)."""
     with open(path, newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if int(float(r["frame"])) == int(frame)]
     return np.array([[float(r["x_nm"]), float(r["y_nm"]), float(r["z_nm"])] for r in rows]).reshape(-1, 3)

@@ -32,8 +32,9 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
 
 
 def keep_previous_csv_logs(logger_cfg: DictConfig | None) -> None:
-    """Lightning's CSVLogger deletes an existing ``metrics.csv`` in its folder. When a run folder is reused
-    (resuming with ``ckpt_path=``), log into a fresh sub-folder ``resumed_N`` instead, keeping the old file."""
+    """Lightning's CSVLogger deletes an existing ``metrics.csv`` in its folder. When a run folder is
+    reused (resuming with ``ckpt_path=``), log into a fresh sub-folder ``resumed_N`` instead, keeping the
+    old file."""
     if not logger_cfg:
         return
     for node in logger_cfg.values():

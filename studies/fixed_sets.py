@@ -68,7 +68,9 @@ def blur_setting(words: list[str], trained: Any) -> Any:
     try:
         values = [float(w) for w in words]
     except ValueError:
-        raise SystemExit(f"--blur takes 'checkpoint', 'none', σ or lo hi in pixels, got {' '.join(words)}")
+        raise SystemExit(
+            f"--blur takes 'checkpoint', 'none', σ or lo hi in pixels, got {' '.join(words)}"
+        ) from None
     if len(values) > 2 or min(values) < 0:
         raise SystemExit(f"--blur takes one σ ≥ 0 or a range lo hi, got {' '.join(words)}")
     return values[0] if len(values) == 1 else values
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             atomic_write(args.out, lambda tmp: tmp.write_text(text), overwrite=args.overwrite)
         except FileExistsError as error:
-            raise SystemExit(f"{error} (or pass --overwrite)")
+            raise SystemExit(f"{error} (or pass --overwrite)") from None
     return 0
 
 

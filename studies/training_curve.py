@@ -1,6 +1,7 @@
-"""Plot a training run's curves from its CSV log: training loss, validation Jaccard and RMSE, learning rate.
+r"""Plot a training run's curves from its CSV log: training loss, validation Jaccard and RMSE, learning rate.
 
-    .venv/bin/python studies/training_curve.py logs/storm_offsets/runs/<run>/csv/metrics.csv models/storm_tetrapod_training.png
+    .venv/bin/python studies/training_curve.py \
+        logs/storm_offsets/runs/<run>/csv/metrics.csv models/storm_tetrapod_training.png
 
 One PNG with three panels against the optimizer step: the training loss (per logged step and its running
 median), validation Jaccard (and precision/recall), validation lateral/axial RMSE (nm), with the learning

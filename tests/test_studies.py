@@ -57,7 +57,7 @@ def test_existing_output_and_bad_blur_are_refused(checkpoint, tmp_path):
         fixed_sets.main([str(tmp_path / "missing.ckpt")])
 
 
-# ---------------------------------------------------------------------------------------------- compare_models
+# --------------------------------------------------------------------------------------------- compare_models
 def compare_models_module():
     spec = importlib.util.spec_from_file_location(
         "compare_models", REPO_ROOT / "studies" / "compare_models.py"

@@ -6,7 +6,8 @@ Files written into the run folder (see :data:`OUTPUT_FILES`):
   condition × density with every score and its standard deviation over frames, RMSE by depth beside the
   CRLB, skipped baseline points and timings (NaN is written as ``null``);
 * ``results.csv`` — the rows (columns :data:`~dstorm3d.evaluation.sweep.ROW_COLUMNS`; NaN as ``nan``);
-* ``rmse_vs_z.csv`` — RMSE and recall per depth bin with the CRLB (:data:`~dstorm3d.evaluation.sweep.Z_COLUMNS`);
+* ``rmse_vs_z.csv`` — RMSE and recall per depth bin with the CRLB
+  (:data:`~dstorm3d.evaluation.sweep.Z_COLUMNS`);
 * ``jaccard_vs_density.png``, ``rmse_lateral_vs_density.png``, ``rmse_axial_vs_density.png`` — every
   checkpoint and the baseline on the same axes, one panel per condition, error bars = s.d. over frames;
 * ``rmse_vs_z.png`` — lateral and axial RMSE against the true depth at one density, with the CRLB;
@@ -307,17 +308,19 @@ def markdown_report(
         "## Test sets",
         "",
         f"* {settings.frames} frames per point, seed {settings.seed}; densities are given as emitters per "
-        f"{settings.reference_field_px}×{settings.reference_field_px} px field ({field_um:.2f}×{field_um:.2f} µm² "
-        f"at {pixel_nm:.0f} nm): counts {list(settings.counts)}.",
+        f"{settings.reference_field_px}×{settings.reference_field_px} px field "
+        f"({field_um:.2f}×{field_um:.2f} µm² at {pixel_nm:.0f} nm): counts {list(settings.counts)}.",
         "* Frames of another size keep the densities: a frame expects count × (its area / the field's area) "
         "emitters, and holds the integer below or above that at random so that the mean is exact "
         "(`emitters per frame` below is the realised mean).",
         "* Emitters uniform in x, y over the frame and in z over the axial range; the same emitters "
         "(and noise streams) for every checkpoint with the same frame size and axial range, and the very "
         "same frames for checkpoints with the same test set.",
-        f"* Camera: {', '.join(sorted(camera))}; matching: Hungarian, 3D distance < {settings.matching_nm:g} nm; "
-        "efficiencies by the SMLM-challenge formula (α = 1 nm⁻¹ lateral, 0.5 nm⁻¹ axial) at this matching.",
-        "* Scores are pooled over the frames of a point; ± is the standard deviation of the per-frame values.",
+        f"* Camera: {', '.join(sorted(camera))}; matching: Hungarian, 3D distance "
+        f"< {settings.matching_nm:g} nm; efficiencies by the SMLM-challenge formula (α = 1 nm⁻¹ lateral, "
+        "0.5 nm⁻¹ axial) at this matching.",
+        "* Scores are pooled over the frames of a point; ± is the standard deviation of the per-frame "
+        "values.",
         "",
     ]
     for condition in settings.conditions:
@@ -331,9 +334,11 @@ def markdown_report(
         ]
         for row in (r for r in results.rows if r["condition"] == condition.name):
             lines.append(
-                f"| {row['density_per_um2']:.4f} | {row['count_per_field']} | {row['emitters_per_frame']:.2f} | "
+                f"| {row['density_per_um2']:.4f} | {row['count_per_field']} | "
+                f"{row['emitters_per_frame']:.2f} | "
                 f"{row['label']} | {row['frames']} | {_pm(row['jaccard'], row['jaccard_std'], 3)} | "
-                f"{_pm(row['precision'], row['precision_std'], 3)} | {_pm(row['recall'], row['recall_std'], 3)} | "
+                f"{_pm(row['precision'], row['precision_std'], 3)} | "
+                f"{_pm(row['recall'], row['recall_std'], 3)} | "
                 f"{_pm(row['rmse_lat_nm'], row['rmse_lat_nm_std'], 1)} | "
                 f"{_pm(row['rmse_ax_nm'], row['rmse_ax_nm_std'], 1)} | "
                 f"{_pm(row['efficiency_3d'], row['efficiency_3d_std'], 1)} |"

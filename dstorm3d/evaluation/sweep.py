@@ -959,7 +959,8 @@ def settings_from_config(cfg: DictConfig) -> SweepSettings:
 
 
 def checkpoint_paths(cfg: DictConfig) -> tuple[list[str], list[str]]:
-    """The checkpoints (``ckpt=`` then ``ckpts=``) and their labels (``labels=`` or :func:`default_labels`)."""
+    """The checkpoints (``ckpt=`` then ``ckpts=``) and their labels (``labels=`` or
+    :func:`default_labels`)."""
     paths = ([str(cfg.ckpt)] if cfg.get("ckpt") else []) + [str(p) for p in (cfg.get("ckpts") or [])]
     if not paths:
         raise UserInputError("no checkpoint: give ckpt=<file.ckpt> or ckpts=[a.ckpt,b.ckpt]")

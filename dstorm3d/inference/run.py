@@ -130,8 +130,8 @@ def overlay_frames(
 
 
 def use_channels_last(setting: str | bool, accelerator: str) -> bool:
-    """``channels_last`` setting: true/false, or ``auto`` = on CPUs only (where oneDNN's convolutions gain from
-    it; on GPUs it did not help: benchmarks/results/inference_*channels_last*.md)."""
+    """``channels_last`` setting: true/false, or ``auto`` = on CPUs only (where oneDNN's convolutions
+    gain from it; on GPUs it did not help: benchmarks/results/inference_*channels_last*.md)."""
     if isinstance(setting, bool):
         return setting
     if str(setting).lower() != "auto":

@@ -89,7 +89,8 @@ def localize_crop(
 
 
 def _float(output: Tensor | dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
-    """Post-process in float32 and contiguous memory whatever precision and memory format the network ran in."""
+    """Post-process in float32 and contiguous memory, whatever precision and memory format the network
+    ran in."""
     if isinstance(output, dict):
         return {k: v.float().contiguous() for k, v in output.items()}
     return output.float().contiguous()

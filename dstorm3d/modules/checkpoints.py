@@ -31,8 +31,8 @@ def read_checkpoint_kind(path: str | Path) -> str:
     info = raw.get("dstorm3d") if isinstance(raw, dict) else None
     if not isinstance(info, dict) or info.get("kind") not in module_classes():
         raise UserInputError(
-            f"{path} is not a dstorm3d localization checkpoint (no 'dstorm3d' record): use a checkpoint written "
-            "by train.py or by `python -m dstorm3d.import_weights`"
+            f"{path} is not a dstorm3d localization checkpoint (no 'dstorm3d' record): use a checkpoint "
+            "written by train.py or by `python -m dstorm3d.import_weights`"
         )
     missing = [key for key in ("state_dict", "hyper_parameters") if not raw.get(key)]
     if missing:

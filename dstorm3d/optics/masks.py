@@ -185,8 +185,8 @@ def fit_mask_to_setup(
         return resample_mask(mask, n, scale=expected / mask_radius)
     raise MaskError(
         f"{source} ({mask.shape[0]}×{mask.shape[1]}, pupil radius {mask_radius:.1f} samples) does not match "
-        f"setup '{setup.name}' ({n}×{n}, pupil radius {expected:.1f} samples): use the setup the mask was made "
-        "for, or set optics.resample_mask=true to resample it onto this pupil"
+        f"setup '{setup.name}' ({n}×{n}, pupil radius {expected:.1f} samples): use the setup the mask was "
+        "made for, or set optics.resample_mask=true to resample it onto this pupil"
     )
 
 

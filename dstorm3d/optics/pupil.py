@@ -272,8 +272,9 @@ class PupilModel(nn.Module):
         height, width = shape
         if max(height, width) > self.setup.pupil_grid:
             raise ValueError(
-                f"a {height}×{width}-pixel grid exceeds the DFT period of {self.setup.pupil_grid} pixels, so the PSF "
-                "would wrap around: render through windows (optics window ≤ pupil_grid) or use a larger pupil_grid"
+                f"a {height}×{width}-pixel grid exceeds the DFT period of {self.setup.pupil_grid} pixels, "
+                "so the PSF would wrap around: render through windows (optics window ≤ pupil_grid) or use "
+                "a larger pupil_grid"
             )
         cols = self.folded_dft_matrix(width)
         rows = cols if height == width else self.folded_dft_matrix(height)

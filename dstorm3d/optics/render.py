@@ -142,8 +142,8 @@ def render_frames(
         grid = (height + 2 * margin, width + 2 * margin)
         if max(grid) > pupil.setup.pupil_grid:
             raise ValueError(
-                f"a {height}×{width}-pixel frame{' plus filter margins' if margin else ''} exceeds the DFT period "
-                f"of {pupil.setup.pupil_grid} pixels and would wrap around: render through windows "
+                f"a {height}×{width}-pixel frame{' plus filter margins' if margin else ''} exceeds the DFT "
+                f"period of {pupil.setup.pupil_grid} pixels and would wrap around: render through windows "
                 f"(window ≤ {pupil.setup.pupil_grid}) or use a larger pupil_grid"
             )
     else:

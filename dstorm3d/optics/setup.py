@@ -106,8 +106,9 @@ class OpticalSetup:
             )
         if 2 * math.ceil(self.pupil_radius_px) + 1 > self.pupil_grid:
             raise SetupError(
-                f"the pupil (radius {self.pupil_radius_px:.1f} samples) does not fit the {self.pupil_grid}² grid: "
-                f"the camera pixel at the sample ({self.pixel_size_um * 1e3:.1f} nm) exceeds the field's Nyquist "
+                f"the pupil (radius {self.pupil_radius_px:.1f} samples) does not fit the "
+                f"{self.pupil_grid}² grid: the camera pixel at the sample "
+                f"({self.pixel_size_um * 1e3:.1f} nm) exceeds the field's Nyquist "
                 f"limit λ/(2·NA) = {self.wavelength_um / (2 * self.aperture_na) * 1e3:.1f} nm; "
                 "raise the magnification or use a smaller camera pixel"
             )
@@ -161,8 +162,9 @@ class OpticalSetup:
         """Raise when a render window of ``window_px`` camera pixels would wrap around the DFT period."""
         if window_px > self.pupil_grid:
             raise SetupError(
-                f"a {window_px}-pixel render window exceeds the DFT period of {self.pupil_grid} pixels, so the PSF "
-                f"would wrap around: use a window of at most {self.pupil_grid} pixels or a larger optics.pupil_grid"
+                f"a {window_px}-pixel render window exceeds the DFT period of {self.pupil_grid} pixels, "
+                f"so the PSF would wrap around: use a window of at most {self.pupil_grid} pixels or a larger "
+                "optics.pupil_grid"
             )
 
     # ------------------------------------------------------------------ (de)serialisation

@@ -27,7 +27,7 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Protocol, Union
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from dstorm3d.utils.validate import is_number
 Range = tuple[float, float]
 #: A camera parameter: a number, a ``(lo, hi)`` range drawn uniformly per frame, or a tensor that
 #: broadcasts against the frames (``(H, W)`` per-pixel map, ``(B, 1, 1)`` per frame, ``(B, H, W)``).
-Param = Union[float, Range, Tensor]
+Param = float | Range | Tensor
 
 _SQRT_FLOOR = 1e-12  # smallest argument given to sqrt in differentiable mode (keeps gradients finite)
 

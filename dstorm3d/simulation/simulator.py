@@ -190,8 +190,8 @@ class FrameSimulator(nn.Module):
         self.pixel_integration = bool(simulation.get("pixel_integration", False))
         if self.render_window is None and max(self.frame_shape) > setup.pupil_grid:
             raise ValueError(
-                f"simulation.frame_shape {list(self.frame_shape)} exceeds the DFT period of {setup.pupil_grid} px: "
-                f"set simulation.render_window to at most {setup.pupil_grid}"
+                f"simulation.frame_shape {list(self.frame_shape)} exceeds the DFT period of "
+                f"{setup.pupil_grid} px: set simulation.render_window to at most {setup.pupil_grid}"
             )
 
     def expected_photons(self, batch: Mapping[str, Tensor], phase_mask: Tensor | None = None) -> Tensor:

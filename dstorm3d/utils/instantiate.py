@@ -19,7 +19,7 @@ def instantiate_group(config: DictConfig | None, kind: str) -> list:
         return objects
     if not isinstance(config, DictConfig):
         raise TypeError(f"the {kind} config must be a mapping of named entries")
-    for name, entry in config.items():
+    for _name, entry in config.items():
         if isinstance(entry, DictConfig) and "_target_" in entry:
             log.info("Instantiating %s <%s>", kind, entry._target_)
             objects.append(hydra.utils.instantiate(entry, _convert_="all"))

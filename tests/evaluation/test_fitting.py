@@ -236,8 +236,12 @@ def test_fit_under_model_mismatch_blur_and_read_noise(tetrapod, zstack):
         xy = (WINDOW // 2 + torch.rand(count, 2, generator=generator, dtype=torch.float64)) * PIXEL
         truth = torch.cat([xy, torch.full((count, 1), z, dtype=torch.float64)], dim=1)
         photons = torch.full((count,), PHOTONS, dtype=torch.float64)
-        mu = render_frames(tetrapod, truth, photons, torch.arange(count), count, (WINDOW, WINDOW),
-                           blur_sigma_px=blur) + BACKGROUND
+        mu = (
+            render_frames(
+                tetrapod, truth, photons, torch.arange(count), count, (WINDOW, WINDOW), blur_sigma_px=blur
+            )
+            + BACKGROUND
+        )
         noise = read_noise * torch.randn(mu.shape, generator=generator, dtype=torch.float64)
         frames = torch.poisson(mu, generator=generator) + noise
         bound = crlb(tetrapod, [z], PHOTONS, BACKGROUND + read_noise**2, window=WINDOW, blur_sigma_px=blur)

@@ -73,8 +73,9 @@ def test_imported_network_matches_the_authors_on_the_reference_crop(tmp_path):
     ],
 )
 def test_infer_cli_with_the_authors_network_matches_their_full_frames(tmp_path, frames):
-    """Whole 492 × 332 frames through infer.py (one tile each: the network takes ~45 s per frame on 2 CPU
-    cores; tiling is checked against whole frames in test_tiling.py). CI runs frame 1; ``-m long`` all three."""
+    """Whole 492 × 332 frames through infer.py (one tile each: the network takes ~45 s per frame on 2
+    CPU cores; tiling is checked against whole frames in test_tiling.py). CI runs frame 1; ``-m long``
+    all three."""
     ckpt = authors_checkpoint(tmp_path)
     data = tmp_path / "frames"
     data.mkdir()
