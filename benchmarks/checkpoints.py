@@ -36,7 +36,7 @@ def load_frames(folder: Path, count: int) -> torch.Tensor:
 
 def main() -> None:
     from dstorm3d.inference.run import AUTO_HEAD_TILE, AUTO_TILE
-    from dstorm3d.inference.tiling import localize_frames
+    from dstorm3d.models.tiling import localize_frames
     from dstorm3d.modules.checkpoints import load_module
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -60,7 +60,7 @@ from torch import Tensor
 from dstorm3d.emitters import Emitters
 from dstorm3d.geometry import VolumeGrid
 from dstorm3d.inference.run import AUTO_HEAD_TILE
-from dstorm3d.inference.tiling import localize_frames, required_head_margin, required_margin
+from dstorm3d.models.tiling import localize_frames, required_head_margin, required_margin
 from dstorm3d.postprocess.volume import pack_detections
 from dstorm3d.utils.paths import shared_data_dir
 

@@ -220,8 +220,8 @@ def check_against_reference(
     ours extra. Returns the agreement, recorded in the checkpoint."""
     import tifffile
 
-    from dstorm3d.inference.tiling import localize_frames
     from dstorm3d.metrics.matching import tolerance_agreement
+    from dstorm3d.models.tiling import localize_frames
     from dstorm3d.modules.checkpoints import load_module
 
     frames, table = Path(str(reference["frames"])), Path(str(reference["localizations"]))

@@ -473,7 +473,7 @@ def localize_with_network(
     threshold: float | None = None,
 ) -> Emitters:
     """The network's localizations (CPU) in ``frames`` (camera counts), ``batch_size`` frames at a time."""
-    from dstorm3d.inference.tiling import localize_frames
+    from dstorm3d.models.tiling import localize_frames
 
     found = []
     with torch.inference_mode():

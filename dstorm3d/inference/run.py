@@ -26,8 +26,8 @@ from dstorm3d.inference.outputs import (
 )
 from dstorm3d.inference.preprocess import Preprocessing
 from dstorm3d.inference.recording import RecordingDataset, RecordingError, open_recording
-from dstorm3d.inference.tiling import required_head_margin, required_margin
 from dstorm3d.inference.writer import LocalizationWriter
+from dstorm3d.models.tiling import required_head_margin, required_margin
 from dstorm3d.modules.checkpoints import load_module, read_checkpoint_kind
 from dstorm3d.utils.cli import UserInputError, one_line, set_threads
 from dstorm3d.utils.files import FolderLock

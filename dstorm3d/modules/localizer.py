@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from dstorm3d.emitters import Emitters
 from dstorm3d.metrics.localization import JaccardRMSE, SMLMChallengeMetric
 from dstorm3d.models.network import build_localization_net
+from dstorm3d.models.tiling import localize_frames
 from dstorm3d.modules.readouts import build_readout, detach_output, keep_above, network_kwargs
 from dstorm3d.normalization import FrameNormalization
 from dstorm3d.optics.config import mask_from_config, setup_from_config
@@ -136,9 +137,7 @@ class SimulatedLocalizationModule(pl.LightningModule):
     ) -> Emitters:
         """Localizations (µm, score) in frames ``(B, H, W)`` of camera counts, through tiles of at most
         ``tile`` pixels, and the head through tiles of ``head_tile`` pixels, when given (same results as
-        whole frames; see :mod:`dstorm3d.inference.tiling`)."""
-        from dstorm3d.inference.tiling import localize_frames
-
+        whole frames; see :mod:`dstorm3d.models.tiling`)."""
         return localize_frames(self, frames, tile=tile, threshold=threshold, head_tile=head_tile)
 
     def _noise(self, stage: str, batch: Mapping[str, Tensor]) -> torch.Generator:
@@ -254,8 +253,6 @@ class SimulatedLocalizationModule(pl.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
         """``batch``: ``{"frames": (B, H, W) camera counts, "index": (B,)}`` → localizations per frame."""
-        from dstorm3d.inference.tiling import localize_frames
-
         frames = batch["frames"] if isinstance(batch, Mapping) else batch
         index = batch["index"] if isinstance(batch, Mapping) else torch.arange(frames.shape[0])
         found = localize_frames(self, frames.float(), **self.predict_settings)

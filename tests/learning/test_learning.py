@@ -29,12 +29,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.learning]
 
 
 def train_and_score(
-    overrides: list[str], steps: int, tmp_path, held_out: int = 128, checkpoint: Path | None = None
+    overrides: list[str],
+    steps: int,
+    tmp_path,
+    held_out: int = 128,
+    checkpoint: Path | None = None,
+    experiment: str = "quickstart",
 ) -> dict[str, float]:
     """Train ``steps`` optimizer steps (validation calibrates the threshold), then score a held-out set;
     ``checkpoint``: also save the trained model there."""
     with composed(
-        "train.yaml", ["experiment=quickstart", "logger=none", "callbacks=none", *overrides], tmp_path
+        "train.yaml", [f"experiment={experiment}", "logger=none", "callbacks=none", *overrides], tmp_path
     ) as cfg:
         import hydra
 

@@ -112,7 +112,7 @@ def test_an_untrained_network_fails_the_same_floor(shipped):
 def test_shipped_model_finds_what_the_authors_network_found_on_real_frame_01(shipped):
     import tifffile
 
-    from dstorm3d.inference.tiling import localize_frames
+    from dstorm3d.models.tiling import localize_frames
 
     frame = tifffile.imread(shared_path("experimental", "mito_tetrapod", "01.tif")).astype(np.float32)
     with torch.inference_mode():

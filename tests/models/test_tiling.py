@@ -7,8 +7,8 @@ import pytest
 import torch
 from helpers_hydra import composed
 
-from dstorm3d.inference import tiling
-from dstorm3d.inference.tiling import localize_frames, required_head_margin, required_margin, tiles
+from dstorm3d.models import tiling
+from dstorm3d.models.tiling import localize_frames, required_head_margin, required_margin, tiles
 
 
 def small_module(tmp_path, head: str, trunk: str):
