@@ -99,6 +99,8 @@ SETTING_KEYS = (
     "background",
     "background_per_frame",
     "camera",
+    "ckpt",
+    "from_checkpoint",
 )
 FRAMES_PER_CHUNK = 16  # frames rendered together (memory stays bounded for any T) ...
 PIXELS_PER_CHUNK = 2**24  # ... and for any frame size (at least one frame per chunk)
@@ -212,6 +214,108 @@ def build_structure(settings: SimulationSettings, volume: Volume) -> tuple[np.nd
     return random_structure(rng, settings.emitters, volume)
 
 
+# ---------------------------------------------------------------------------------------- a checkpoint's data
+#: What ``ckpt=`` takes from a checkpoint's training distribution (unless set on the command line).
+CHECKPOINT_KEYS = ("optics", "photons", "blur_sigma_px", "background", "camera", "blinking.density_per_um2")
+
+
+@dataclass(frozen=True)
+class CheckpointDistribution:
+    """The training distribution recorded in a checkpoint, as ``simulate`` settings."""
+
+    path: str
+    settings: dict[str, Any]  # CHECKPOINT_KEYS → values in this config's terms
+    mask: np.ndarray  # (N, N) rad: the phase mask the model was trained with (learned ones included)
+    mask_source: dict[str, Any]
+    label_min_photons: float  # emitters dimmer than this were rendered but not labelled in training
+
+
+def training_density_per_um2(
+    emitters: Mapping[str, Any], frame_shape: Sequence[int], pixel_um: float
+) -> float:
+    """The mean training density (emitters per µm²): the middle of ``density_per_um2`` [lo, hi], or the
+    mean of ``count_range`` over the training frame's area (``margin_px`` border included)."""
+    density = emitters.get("density_per_um2")
+    if density is not None:
+        lo, hi = (density, density) if isinstance(density, (int, float)) else density
+        return 0.5 * (float(lo) + float(hi))
+    counts = emitters.get("count_range")
+    if counts is None:
+        raise UserInputError(
+            "the checkpoint records no emitter density or count range: set blinking.density_per_um2"
+        )
+    margin = int(emitters.get("margin_px") or 0)
+    height, width = (int(n) + 2 * margin for n in frame_shape)
+    return 0.5 * (float(counts[0]) + float(counts[1])) / (height * width * pixel_um**2)
+
+
+def checkpoint_distribution(path: str) -> CheckpointDistribution:
+    """Read a dstorm3d checkpoint's optics, phase mask, photons, blur, background, camera and density."""
+    from dstorm3d.modules.checkpoints import load_module
+    from dstorm3d.optics.config import MASK_KEYS
+
+    module = load_module(path)
+    hparams = module.hparams
+    simulation = dict(hparams.simulation)
+    emitters = dict(simulation.get("emitters") or {})
+    optics = {k: v for k, v in dict(hparams.optics).items() if k not in MASK_KEYS}
+    setup = module.optical_setup
+    photons = dict(emitters.get("photons") or {})
+    if photons.get("kind") not in PhotonDistribution.KEYS:
+        raise UserInputError(
+            f"the checkpoint's photons {photons} have no simulate equivalent: set photons=..."
+        )
+    settings = {
+        "optics": {**optics, "mask": "checkpoint"},
+        "photons": photons,
+        "blur_sigma_px": simulation.get("blur_sigma_px"),
+        "background": dict(simulation.get("background") or {"kind": "none"}),
+        "camera": dict(simulation.get("camera") or {"kind": "ideal"}),
+        "blinking.density_per_um2": training_density_per_um2(
+            emitters, simulation.get("frame_shape") or (64, 64), setup.pixel_size_um
+        ),
+    }
+    mask = module.phase_mask().detach().to("cpu", torch.float64).numpy()
+    source = {"kind": "checkpoint", "path": str(Path(path).resolve())}
+    if hparams.get("mask_source"):
+        source["trained_with"] = str(hparams.get("mask_source"))
+    return CheckpointDistribution(
+        str(path), settings, mask, source, float(emitters.get("label_min_photons") or 0.0)
+    )
+
+
+def command_line_keys() -> set[str]:
+    """The dotted keys set on the command line (Hydra's task overrides; empty outside a Hydra run)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    return {item.split("=", 1)[0].lstrip("+~") for item in HydraConfig.get().overrides.task}
+
+
+def apply_checkpoint(
+    config: dict[str, Any], checkpoint: CheckpointDistribution, given: set[str]
+) -> list[str]:
+    """Put the checkpoint's values into ``config`` for every :data:`CHECKPOINT_KEYS` entry not set on the
+    command line (``given``: dotted keys; a key counts as set when it or a key below or above it is given).
+    Returns the keys taken from the checkpoint."""
+
+    def is_given(key: str) -> bool:
+        return any(g == key or g.startswith(key + ".") or key.startswith(g + ".") for g in given)
+
+    taken = []
+    for key, value in checkpoint.settings.items():
+        if is_given(key):
+            continue
+        *parents, leaf = key.split(".")
+        target = config
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+        taken.append(key)
+    return taken
+
+
 # ---------------------------------------------------------------------------------------- the plan
 @dataclass
 class SimulationPlan:
@@ -229,6 +333,7 @@ class SimulationPlan:
     structure: dict[str, Any]
     blinking: Blinking
     device: torch.device
+    mask_source: dict[str, Any]
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -242,7 +347,7 @@ class SimulationPlan:
             "pixel_size_um": self.setup.pixel_size_um,
             "seed": self.settings.seed,
             "optical_setup": self.setup.to_dict(),
-            "mask": describe_mask_source(self.optics),
+            "mask": self.mask_source,
             "camera": self.settings.camera,
             "background": self.settings.background,
             "structure": self.settings.structure,
@@ -277,8 +382,11 @@ def with_fixed_read_noise_map(
     )
 
 
-def plan_simulation(config: Mapping[str, Any]) -> SimulationPlan:
-    """Validate every setting, build the optics, camera, background and the sample (nothing is written)."""
+def plan_simulation(
+    config: Mapping[str, Any], checkpoint: CheckpointDistribution | None = None
+) -> SimulationPlan:
+    """Validate every setting, build the optics, camera, background and the sample (nothing is written).
+    ``checkpoint``: the phase mask comes from it (its optics are already in ``config``)."""
     settings = SimulationSettings.from_config(config)
     optics = mapping("optics", config.get("optics"))
     setup = setup_from_config(optics)
@@ -291,7 +399,12 @@ def plan_simulation(config: Mapping[str, Any]) -> SimulationPlan:
             f"{list(setup.z_range_um)}: choose a range inside it or another optics"
         )
     device = _device(settings.device)
-    mask = mask_from_config(optics, setup)
+    mask = mask_from_config(optics, setup) if checkpoint is None else checkpoint.mask
+    if mask.shape != (setup.pupil_grid, setup.pupil_grid):
+        raise UserInputError(
+            f"the checkpoint's phase mask is {mask.shape[0]}² but the optics' pupil grid is "
+            f"{setup.pupil_grid}: leave optics.pupil_grid as the checkpoint has it"
+        )
     pupil = PupilModel(setup, mask, dtype=torch.float32).to(device)
     height, width = settings.frame_shape
     try:
@@ -323,6 +436,7 @@ def plan_simulation(config: Mapping[str, Any]) -> SimulationPlan:
         structure=structure,
         blinking=blinking,
         device=device,
+        mask_source=describe_mask_source(optics) if checkpoint is None else checkpoint.mask_source,
     )
 
 
@@ -503,7 +617,7 @@ def settings_record(config: Mapping[str, Any], plan: SimulationPlan, stats: Reco
         "settings": {key: config.get(key) for key in SETTING_KEYS},
         "optics": plan.optics,
         "optical_setup": plan.setup.to_dict(),
-        "mask": describe_mask_source(plan.optics),
+        "mask": plan.mask_source,
         "derived": {
             "pixel_size_um": plan.setup.pixel_size_um,
             "frame_size_um": [volume.width_um, volume.height_um],
@@ -587,13 +701,28 @@ def simulate(cfg: DictConfig) -> Path:
     if folder.exists() and not folder.is_dir():
         raise UserInputError(f"out={folder} is a file, not a folder")
     StagedOutputs(folder, OUTPUT_FILES, overwrite)  # fail before any work when the files exist
-    plan = plan_simulation(config)
+    checkpoint = None
+    if config.get("ckpt") is not None:
+        if not isinstance(config["ckpt"], str) or not config["ckpt"]:
+            raise UserInputError(f"ckpt must be a checkpoint path or null, got {config['ckpt']!r}")
+        SimulationSettings.from_config(config)  # the command line's own settings, before the model loads
+        checkpoint = checkpoint_distribution(config["ckpt"])
+        taken = apply_checkpoint(config, checkpoint, command_line_keys())
+        config["from_checkpoint"] = {
+            "path": str(Path(config["ckpt"]).resolve()),
+            "keys": taken,
+            "label_min_photons": checkpoint.label_min_photons,
+        }
+        print(f"from {config['ckpt']}: {', '.join(taken) or 'nothing (all set on the command line)'}")
+        if "optics" not in taken:  # the command line's optics: the mask follows optics.mask
+            checkpoint = None
+    plan = plan_simulation(config, checkpoint)
     stats = write_recording(config, plan, folder, overwrite)
     settings = plan.settings
     height, width = settings.frame_shape
     print(
         f"{settings.frames} frames of {height}×{width} px ({plan.setup.name}, mask "
-        f"{describe_mask_source(plan.optics).get('name', 'file')}, structure {settings.structure}): "
+        f"{plan.mask_source.get('name', plan.mask_source['kind'])}, structure {settings.structure}): "
         f"{stats.localizations} emitter-frames of {settings.emitters} emitters, "
         f"{stats.localizations / settings.frames:.1f} per frame"
     )

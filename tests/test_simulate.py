@@ -237,3 +237,43 @@ def test_blinking_refuses_more_active_emitters_than_the_structure_has():
     settings = BlinkingSettings(model="independent", density_per_um2=5.0, duty_cycle=None, mean_on_frames=1.0)
     with pytest.raises(UserInputError, match="raise emitters"):
         Blinking.from_settings(settings, emitters=10, area_um2=30.0)
+
+
+def test_ckpt_draws_the_recording_from_the_checkpoints_training_distribution(tmp_path):
+    """``ckpt=``: optics, phase mask, photons, blur, background, camera and density come from the checkpoint
+    (the tiny quickstart model: 24 × 24 px frames of 1–5 emitters, uniform 10k–30k photons, background
+    50–150, readout camera with baseline 0), except what the command line sets (here the photons)."""
+    from helpers_checkpoints import FRAME_PX, save_tiny_checkpoint
+
+    from dstorm3d.modules.checkpoints import load_module
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny.ckpt", [], tmp_path)
+    module = load_module(checkpoint)
+    run_simulate(
+        [
+            f"ckpt={checkpoint}",
+            "frames=3",
+            "frame_shape=[32,32]",
+            "emitters=300",
+            "structure=random",
+            "~photons",
+            "+photons={kind: fixed, value: 5000.0}",
+            "out=sim",
+        ],
+        tmp_path,
+    )
+    record = json.loads((tmp_path / "sim" / "simulation.json").read_text())
+    taken = record["settings"]["from_checkpoint"]["keys"]
+    assert taken == ["optics", "blur_sigma_px", "background", "camera", "blinking.density_per_um2"]
+    settings, simulation = record["settings"], module.hparams.simulation
+    assert settings["photons"] == {"kind": "fixed", "value": 5000.0}  # the command line's
+    assert settings["camera"] == dict(simulation["camera"]) and settings["background"] == dict(
+        simulation["background"]
+    )
+    assert settings["blur_sigma_px"] == list(simulation["blur_sigma_px"])
+    assert record["optical_setup"]["pupil_grid"] == 96 and record["optical_setup"]["z_range_um"] == [1.0, 2.0]
+    area_um2 = (FRAME_PX * module.optical_setup.pixel_size_um) ** 2  # count_range [1, 5]: 3 per frame
+    assert settings["blinking"]["density_per_um2"] == pytest.approx(3.0 / area_um2)
+    assert record["mask"]["kind"] == "checkpoint" and record["mask"]["path"] == str(checkpoint.resolve())
+    _, rows = read_ground_truth(tmp_path / "sim")
+    assert np.all(rows[:, 5] == 5000.0) and np.all((rows[:, 4] >= 1000.0) & (rows[:, 4] <= 2000.0))
