@@ -215,6 +215,142 @@ def run_part(part: SweepPart, models: list[dict[str, Any]], out: Path) -> tuple[
     return settings, merged
 
 
+# ---------------------------------------------------------------------------------------------- common set
+COMMON_COUNTS = (1, 5, 10, 20, 35)
+
+
+def _sq_errors(match: Any) -> tuple[np.ndarray, np.ndarray]:
+    return match.dx_nm**2 + match.dy_nm**2, match.dz_nm**2
+
+
+def common_set(models: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
+    """On the STORM sets (training range), the RMSE of the first two models over the ground-truth
+    emitters **both** found, and over those only one of them found (with those emitters' median photons):
+    separates precision from recall. Cached under ``cache/``."""
+    from omegaconf import OmegaConf
+
+    from dstorm3d.evaluation.sweep import (
+        build_test_set,
+        checkpoint_physics,
+        localize_with_network,
+        settings_from_config,
+    )
+    from dstorm3d.metrics.matching import match_frame
+
+    part = next(p for p in PARTS if p.name == "storm")
+    settings = settings_from_config(OmegaConf.create(part.config))
+    first, second = models[0], models[1]
+    physics = checkpoint_physics(first["module"], settings)
+    if checkpoint_physics(second["module"], settings).key != physics.key:
+        raise SystemExit("error: the common-set part needs two checkpoints with the same physics")
+    key = {
+        "checkpoints": [first["digest"], second["digest"]],
+        "settings": part.config,
+        "counts": COMMON_COUNTS,
+    }
+    path = cache_path(out, "common", f"{first['label']}-{second['label']}", key)
+    if path.exists():
+        print(f"  common: cached ({path.name})", flush=True)
+        return restore_nan(json.loads(path.read_text()))
+    rows = []
+    for count in COMMON_COUNTS:
+        test_set = build_test_set(physics, settings.conditions[0], count, settings)
+        preds = [
+            localize_with_network(m["module"], test_set.frames, settings.batch_size, torch.device("cpu"))
+            for m in (first, second)
+        ]
+        pools: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("both_a_lat", "both_a_ax", "both_b_lat", "both_b_ax", "only_a", "only_b")
+        }
+        photons: dict[str, list[np.ndarray]] = {"both": [], "only_a": [], "only_b": []}
+        truth = test_set.truth
+        for frame in range(truth.batch_size):
+            valid = truth.valid[frame].numpy()
+            labelled = truth.labelled[frame].numpy()
+            gt = truth.xyz[frame].numpy()[labelled]
+            gt_photons = truth.photons[frame].numpy()[labelled]
+            dim = truth.xyz[frame].numpy()[valid & ~labelled]
+            matches = []
+            for pred in preds:
+                found = pred.xyz[frame].numpy()[pred.valid[frame].numpy()]
+                matches.append(match_frame(found, gt, MATCHING_NM, unlabelled_xyz_um=dim))
+            a = dict(zip(matches[0].gt_idx.tolist(), range(matches[0].tp)))
+            b = dict(zip(matches[1].gt_idx.tolist(), range(matches[1].tp)))
+            both = sorted(set(a) & set(b))
+            (a_lat, a_ax), (b_lat, b_ax) = _sq_errors(matches[0]), _sq_errors(matches[1])
+            pools["both_a_lat"].append(a_lat[[a[g] for g in both]])
+            pools["both_a_ax"].append(a_ax[[a[g] for g in both]])
+            pools["both_b_lat"].append(b_lat[[b[g] for g in both]])
+            pools["both_b_ax"].append(b_ax[[b[g] for g in both]])
+            only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+            pools["only_a"].append(np.stack([a_lat[[a[g] for g in only_a]], a_ax[[a[g] for g in only_a]]], 1))
+            pools["only_b"].append(np.stack([b_lat[[b[g] for g in only_b]], b_ax[[b[g] for g in only_b]]], 1))
+            photons["both"].append(gt_photons[both])
+            photons["only_a"].append(gt_photons[only_a])
+            photons["only_b"].append(gt_photons[only_b])
+
+        def rms(values: list[np.ndarray]) -> float:
+            joined = np.concatenate(values) if values else np.zeros(0)
+            return float(np.sqrt(joined.mean())) if joined.size else math.nan
+
+        def rms_col(values: list[np.ndarray], col: int) -> float:
+            joined = np.concatenate([v.reshape(-1, 2) for v in values])
+            return float(np.sqrt(joined[:, col].mean())) if len(joined) else math.nan
+
+        def median(values: list[np.ndarray]) -> float:
+            joined = np.concatenate(values)
+            return float(np.median(joined)) if joined.size else math.nan
+
+        rows.append(
+            {
+                "count_per_field": count,
+                "both": int(sum(len(v) for v in photons["both"])),
+                "only_a": int(sum(len(v) for v in photons["only_a"])),
+                "only_b": int(sum(len(v) for v in photons["only_b"])),
+                "both_a_lat_nm": rms(pools["both_a_lat"]),
+                "both_a_ax_nm": rms(pools["both_a_ax"]),
+                "both_b_lat_nm": rms(pools["both_b_lat"]),
+                "both_b_ax_nm": rms(pools["both_b_ax"]),
+                "only_a_lat_nm": rms_col(pools["only_a"], 0),
+                "only_a_ax_nm": rms_col(pools["only_a"], 1),
+                "only_b_lat_nm": rms_col(pools["only_b"], 0),
+                "only_b_ax_nm": rms_col(pools["only_b"], 1),
+                "photons_both": median(photons["both"]),
+                "photons_only_a": median(photons["only_a"]),
+                "photons_only_b": median(photons["only_b"]),
+            }
+        )
+        print(f"  common / {count} per field: {rows[-1]['both']} found by both", flush=True)
+    write_json(path, rows)
+    return rows
+
+
+def common_section(labels: list[str], rows: list[dict[str, Any]]) -> list[str]:
+    a, b = labels[0], labels[1]
+    lines = [
+        f"## Precision on the same emitters (STORM sets, {a} vs {b})",
+        "",
+        "RMSE over the ground-truth emitters both models found, and over those only one found (their "
+        "median photons beside): whether an RMSE gap comes from precision or from the harder emitters "
+        "that only one model finds.",
+        "",
+        f"| emitters per field | found by both | {a} RMSE lat / ax on them (nm) | {b} RMSE lat / ax on them "
+        f"(nm) | only {a}: n, RMSE lat / ax, median photons | only {b}: n, RMSE lat / ax, median photons | "
+        "median photons, both |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['count_per_field']} | {r['both']} | "
+            f"{fmt(r['both_a_lat_nm'])} / {fmt(r['both_a_ax_nm'])} | "
+            f"{fmt(r['both_b_lat_nm'])} / {fmt(r['both_b_ax_nm'])} | {r['only_a']}, "
+            f"{fmt(r['only_a_lat_nm'])} / {fmt(r['only_a_ax_nm'])}, {fmt(r['photons_only_a'], 0)} | "
+            f"{r['only_b']}, {fmt(r['only_b_lat_nm'])} / {fmt(r['only_b_ax_nm'])}, "
+            f"{fmt(r['photons_only_b'], 0)} | {fmt(r['photons_both'], 0)} |"
+        )
+    return [*lines, ""]
+
+
 # ---------------------------------------------------------------------------------------------- real frames
 def poisson_fit(design: np.ndarray, data: np.ndarray, iterations: int = 200) -> np.ndarray:
     """Non-negative weights maximising the Poisson likelihood of ``data`` (P,) under ``design @ w``
@@ -426,6 +562,7 @@ def write_report(
     real_rows: list[dict[str, Any]],
     models: list[dict[str, Any]],
     command: str,
+    common_rows: list[dict[str, Any]] | None = None,
 ) -> None:
     from dstorm3d.evaluation.report import _write_csv
     from dstorm3d.evaluation.sweep import ROW_COLUMNS, Z_COLUMNS
@@ -501,6 +638,10 @@ def write_report(
                 ]
                 + [""]
             )
+    if common_rows:
+        lines += common_section(labels, common_rows)
+        columns = list(common_rows[0])
+        atomic_write(out / "common_set.csv", _write_csv(common_rows, columns), overwrite=True)
     if real_rows:
         lines += real_section(labels, real_rows)
     lines += ["![comparison](comparison.png)", ""]
@@ -657,8 +798,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--parts",
         nargs="+",
-        default=["storm", "fig2", "isolated", "real"],
-        choices=["storm", "fig2", "isolated", "real"],
+        default=["storm", "common", "fig2", "isolated", "real"],
+        choices=["storm", "common", "fig2", "isolated", "real"],
     )
     parser.add_argument("--real", default=str(REAL_DEFAULT), help="a TIFF or folder of real frames")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -712,9 +853,13 @@ def main(argv: list[str] | None = None) -> int:
         if part.name in args.parts:
             print(f"{part.name}: {part.title}", flush=True)
             parts[part.name] = run_part(part, models, out)
+    common_rows = []
+    if "common" in args.parts and len(models) >= 2:
+        print("common: the same emitters, both models", flush=True)
+        common_rows = common_set(models, out)
     real_rows = compare_real(models, real, out) if "real" in args.parts else []
     command = " ".join(["python", "studies/compare_models.py", *(argv if argv is not None else sys.argv[1:])])
-    write_report(out, labels, parts, real_rows, models, command)
+    write_report(out, labels, parts, real_rows, models, command, common_rows)
     print(f"report: {out / 'report.md'}", flush=True)
     return 0
 

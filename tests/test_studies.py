@@ -108,6 +108,7 @@ def test_compare_models_writes_one_report_and_reuses_its_cache(checkpoint, tmp_p
         "2",
         "--parts",
         "storm",
+        "common",
         "isolated",
         "real",
         "--real",
@@ -135,10 +136,17 @@ def test_compare_models_writes_one_report_and_reuses_its_cache(checkpoint, tmp_p
     a = {r["count_per_field"]: r["jaccard"] for r in storm if r["label"] == "a"}
     b = {r["count_per_field"]: r["jaccard"] for r in storm if r["label"] == "b"}
     assert a == b  # identical weights on identical frames
+    with open(out / "common_set.csv") as handle:
+        common = list(csv.DictReader(handle))
+    assert [int(r["count_per_field"]) for r in common] == [1, 5, 10, 20, 35]
+    for row in common:  # the same localizations: every match is common, with equal errors
+        assert row["only_a"] == row["only_b"] == "0"
+        assert row["both_a_lat_nm"] == row["both_b_lat_nm"] and row["both_a_ax_nm"] == row["both_b_ax_nm"]
+    assert "Precision on the same emitters" in report
     capsys.readouterr()
     assert compare.main(args) == 0  # the second run reuses every cached part and the real localizations
     printed = capsys.readouterr().out
-    assert printed.count("cached") == 4 and printed.count("reused") == 2
+    assert printed.count("cached") == 5 and printed.count("reused") == 2
 
 
 def test_compare_models_refuses_bad_input_before_any_work(checkpoint, tmp_path, capsys):
