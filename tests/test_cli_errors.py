@@ -19,6 +19,7 @@ COMMANDS = {
     "simulate": ["-m", "dstorm3d.simulate"],
     "import_weights": ["-m", "dstorm3d.import_weights"],
     "optics.show": ["-m", "dstorm3d.optics.show"],
+    "score": ["-m", "dstorm3d.score", "locs=a.csv", "truth=b.csv"],
 }
 BAD_LINES = {
     "unknown key": (["no_such_key=1"], "Could not override 'no_such_key'"),
