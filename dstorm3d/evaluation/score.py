@@ -348,7 +348,7 @@ def score_tables(locs: Table, truth: Table, settings: ScoreSettings) -> ScoreRes
     """Score ``locs`` against ``truth`` frame by frame (every frame in either table), with
     :class:`JaccardRMSE` at ``settings.matching_nm`` and :class:`SMLMChallengeMetric`, unlabelled truth
     (``min_photons``) ignored; also which truth rows were matched and their errors (nm)."""
-    from dstorm3d.metrics.localization import JaccardRMSE, SMLMChallengeMetric, _match_batch
+    from dstorm3d.metrics.localization import JaccardRMSE, SMLMChallengeMetric, match_batch
 
     labelled = labelled_rows(truth, settings.min_photons)
     frames = np.union1d(locs.frames(), truth.frames())
@@ -361,7 +361,7 @@ def score_tables(locs: Table, truth: Table, settings: ScoreSettings) -> ScoreRes
         metric.update(pred, target)
         challenge.update(pred, target)
         # The metric's own per-frame matching (same rule), to know which truth rows were found.
-        matches = _match_batch(pred, target, settings.matching_nm, None, None, True)
+        matches = match_batch(pred, target, settings.matching_nm, None, None, True)
         for frame, match in zip(batch, matches):
             part = truth.rows(int(frame))
             rows = np.arange(part.start, part.stop)

@@ -42,7 +42,7 @@ SMLM_LATERAL_THRESHOLD_NM = 250.0
 SMLM_AXIAL_THRESHOLD_NM = 500.0
 
 
-def _match_batch(
+def match_batch(
     pred: Emitters,
     target: Emitters,
     threshold_nm: float,
@@ -137,7 +137,7 @@ class JaccardRMSE(Metric):
 
     def update(self, pred: Emitters, target: Emitters) -> None:  # type: ignore[override]
         """Match each frame and accumulate counts and error sums (pred.valid vs target.labelled)."""
-        matches = _match_batch(
+        matches = match_batch(
             pred,
             target,
             self.threshold_nm,
@@ -252,7 +252,7 @@ def per_frame_scores(
     Use e.g. ``np.nanstd(scores.jaccard)`` for the spread over frames.
     """
     _check_thresholds(threshold_nm, lateral_threshold_nm, axial_threshold_nm)
-    matches = _match_batch(
+    matches = match_batch(
         pred, target, threshold_nm, lateral_threshold_nm, axial_threshold_nm, ignore_unlabelled
     )
     tp = np.array([m.tp for m in matches], dtype=np.int64)
