@@ -13,8 +13,9 @@ any frame size works), plus background, through the camera model. The background
 camera's read-noise map are drawn once for the whole recording (``background_per_frame=true`` draws a
 background per frame). Writes into ``out`` (default: the Hydra run folder):
 
-* ``recording.tif``: ``(T, H, W)`` uint16 camera counts, written page by page; the TIFF description is
-  JSON with the setup, mask, camera, pixel size and seed.
+* ``recording.tif``: ``(T, H, W)`` uint16 camera counts, written page by page as an ImageJ time series
+  calibrated in µm (Fiji shows the pixel size); its ImageJ Info property is JSON with the setup, mask,
+  camera, pixel size and seed (:func:`dstorm3d.utils.tiff.read_tiff_info`).
 * ``ground_truth.csv``: one row per ON emitter and frame, ThunderSTORM columns ``"id","frame","x [nm]",
   "y [nm]","z [nm]","intensity [photon]"``: frames from 1, x/y from the image's top-left corner, z above
   the coverslip, intensity = the emitter's expected signal photons. Every rendered emitter is listed
@@ -659,22 +660,27 @@ def write_recording(
     config: Mapping[str, Any], plan: SimulationPlan, folder: Path, overwrite: bool
 ) -> RecordingStats:
     """Write the three files into ``folder`` (page by page, rows streamed), renaming them at the end."""
-    import tifffile
+    from dstorm3d.utils.tiff import ImageJStackWriter
 
     settings = plan.settings
     height, width = settings.frame_shape
     stats = RecordingStats()
-    bigtiff = settings.frames * height * width * 2 > 2**32 - 2**25
     with StagedOutputs(folder, OUTPUT_FILES, overwrite) as staged:
         with (
-            tifffile.TiffWriter(staged.path(RECORDING), bigtiff=bigtiff) as tiff,
+            ImageJStackWriter(
+                staged.path(RECORDING),
+                (settings.frames, height, width),
+                np.uint16,
+                pixel_um=plan.setup.pixel_size_um,
+                axes="TYX",
+                info=plan.description(),
+            ) as tiff,
             open(staged.path(GROUND_TRUTH), "w", newline="") as table,
         ):
             table.write(",".join(f'"{c}"' for c in CSV_COLUMNS) + "\n")
             for first, counts, chunk in recording_chunks(plan, stats):
-                for i, frame in enumerate(counts):
-                    metadata = plan.description() if first + i == 0 else None
-                    tiff.write(frame, contiguous=True, metadata=metadata)
+                for frame in counts:
+                    tiff.write(frame)
                 rows = csv_rows(plan, first, chunk, stats.localizations + 1)
                 table.writelines(rows)
                 stats.localizations += len(rows)

@@ -82,12 +82,14 @@ def recordings(tmp_path_factory) -> dict[str, Path]:
 
 
 # ---------------------------------------------------------------------------------------- the files
-def test_recording_is_a_uint16_stack_with_the_setup_in_its_description(recordings):
+def test_recording_is_a_uint16_time_series_in_microns_with_the_setup_in_its_info(recordings):
     path = recordings["first"] / "recording.tif"
     with tifffile.TiffFile(path) as tif:
-        assert len(tif.pages) == FRAMES
+        assert len(tif.pages) == FRAMES and tif.is_imagej and tif.series[0].axes == "TYX"
         stack = tif.asarray()
-        description = json.loads(tif.pages[0].description)
+        description = json.loads(tif.imagej_metadata["Info"])
+        assert tif.imagej_metadata["unit"] == "micron"
+        assert 1.0 / tif.pages[0].resolution[0] == pytest.approx(PIXEL_NM / 1e3)
     assert stack.shape == (FRAMES, HEIGHT, WIDTH) and stack.dtype == np.uint16
     assert description["optical_setup"]["name"] == "storm" and description["mask"]["name"] == "tetrapod"
     assert description["pixel_size_um"] == pytest.approx(PIXEL_NM / 1e3) and description["seed"] == 0

@@ -6,7 +6,6 @@ every ``every_n_steps`` optimizer steps and at the end, so its evolution can be 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +14,15 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 
 from dstorm3d.callbacks.media import log_animation, log_images
-from dstorm3d.optics.masks import aperture_support
-from dstorm3d.utils.files import atomic_write
-from dstorm3d.visualization import phase_mask_rgb, psf_frame_rgb, psf_montage_rgb, save_gif, save_png
+from dstorm3d.utils.tiff import write_psf_zstack
+from dstorm3d.visualization import (
+    figure_rgb,
+    phase_mask_figure,
+    psf_frame_rgb,
+    psf_montage_figure,
+    save_gif,
+    save_png,
+)
 
 
 class PhaseMaskLogger(pl.Callback):
@@ -63,15 +68,18 @@ class PhaseMaskLogger(pl.Callback):
                 .cpu()
                 .numpy()
             )
-        mask_rgb = phase_mask_rgb(mask, aperture_support(setup), title=f"phase mask, step {step}")
-        montage = psf_montage_rgb(stack, z, title=f"PSF z-stack, step {step}")
-        gif_frames = [psf_frame_rgb(s, zi) for s, zi in zip(stack, z)]
+        mask_rgb = figure_rgb(phase_mask_figure(mask, setup, title=f"phase mask, step {step}"))
+        montage = figure_rgb(
+            psf_montage_figure(stack, z, setup.pixel_size_um, title=f"PSF z-stack per photon, step {step}")
+        )
+        gif_frames = [psf_frame_rgb(s, zi, setup.pixel_size_um) for s, zi in zip(stack, z)]
         if self.output_dir is not None:
             tag = f"step{step:07d}"
             save_png(mask_rgb, self.output_dir / f"phase_mask_{tag}.png")
             save_png(montage, self.output_dir / f"psf_montage_{tag}.png")
             gif = save_gif(gif_frames, self.output_dir / f"psf_zstack_{tag}.gif")
-            self._save_tiff(stack, z, self.output_dir / f"psf_zstack_{tag}.tif")
+            info = {"optical_setup": setup.to_dict(), "global_step": step}
+            write_psf_zstack(self.output_dir / f"psf_zstack_{tag}.tif", stack, z, setup.pixel_size_um, info)
             np.save(self.output_dir / f"phase_mask_{tag}.npy", mask)
         else:
             gif = None
@@ -82,14 +90,3 @@ class PhaseMaskLogger(pl.Callback):
         )
         if gif is not None:
             log_animation(trainer, "psf/zstack_animation", gif, step=step)
-
-    @staticmethod
-    def _save_tiff(stack: np.ndarray, z: np.ndarray, path: Path) -> None:
-        import tifffile
-
-        description = json.dumps({"z_um": [float(v) for v in z], "unit": "photons per photon emitted"})
-        atomic_write(
-            path,
-            lambda p: tifffile.imwrite(p, stack.astype(np.float32), description=description),
-            overwrite=True,
-        )

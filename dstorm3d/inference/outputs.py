@@ -4,6 +4,11 @@
 ``"id","frame","x [nm]","y [nm]","z [nm]","intensity [photon]","confidence"`` with frames from 1, x/y
 from the top-left corner of the recording's frames, z above the coverslip. A head that estimates no
 photons (the volumetric head) writes its peak value as ``"intensity [au]"`` instead.
+
+The renders: ``render.png`` (:func:`render_figure`: z colour bar, scale bar), ``render.tif`` (RGB) and
+``render_counts_zmean.tif`` (float32 channels: localizations per pixel, mean z in nm) as ImageJ images
+calibrated in µm at the render pixel (:mod:`dstorm3d.utils.tiff`); ``overlay_frameNNNN.png``:
+:func:`overlay_figure`.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import csv
 import heapq
 import json
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -122,31 +128,65 @@ def super_resolution_render(
     return rgb, counts.astype(np.float32), mean_z.astype(np.float32)
 
 
-def overlay_panel(frame: np.ndarray, rendered: np.ndarray) -> np.ndarray:
-    """``[input | model re-rendered from the localizations | residual]`` as one RGB uint8 image."""
-    lo, hi = np.percentile(frame, [1, 99.8])
-    scale = max(hi - lo, 1e-9)
+def render_figure(rgb: np.ndarray, pixel_nm: float, z_range_nm: tuple[float, float]) -> Any:
+    """The render of :func:`super_resolution_render` pixel for pixel (small renders enlarged by a whole
+    factor), with a scale bar in µm and a colour bar of mean z (nm); brightness is the count."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
-    def grey(a: np.ndarray) -> np.ndarray:
-        v = np.clip((a - lo) / scale, 0, 1)
-        return (np.repeat(v[..., None], 3, axis=2) * 255).astype(np.uint8)
+    from dstorm3d.visualization import add_scale_bar, new_figure
 
-    residual = frame - rendered
-    r = np.clip(residual / scale, -1, 1)
-    diverging = np.stack([np.clip(r, 0, 1), np.zeros_like(r), np.clip(-r, 0, 1)], axis=-1)
-    gap = np.full((frame.shape[0], 4, 3), 255, dtype=np.uint8)
-    return np.concatenate([grey(frame), gap, grey(rendered), gap, (diverging * 255).astype(np.uint8)], axis=1)
-
-
-def save_tiff(
-    array: np.ndarray, path: Path, description: dict[str, Any] | None = None, overwrite: bool = False
-) -> Path:
-    import tifffile
-
-    text = json.dumps(description) if description else None
-    return atomic_write(
-        Path(path), lambda p: tifffile.imwrite(p, array, description=text), overwrite=overwrite
+    height, width = rgb.shape[:2]
+    zoom = max(1, math.ceil(600 / max(height, width)))
+    dpi = max(100.0, max(height, width) * zoom / 8.0)  # about 8 inches of image; labels grow with it
+    image_w, image_h = width * zoom / dpi, height * zoom / dpi
+    bar_w, title_h = 1.3, 0.45
+    figure = new_figure(image_w + bar_w, image_h + title_h, dpi=dpi, layout=None)
+    total_w, total_h = image_w + bar_w, image_h + title_h
+    ax = figure.add_axes((0.0, 0.0, image_w / total_w, image_h / total_h))
+    ax.imshow(np.repeat(np.repeat(rgb, zoom, axis=0), zoom, axis=1), interpolation="nearest")
+    ax.set_axis_off()
+    add_scale_bar(ax, pixel_nm * 1e-3 / zoom, width * zoom)
+    ax.set_title(f"localizations, {pixel_nm:g} nm pixels", fontsize=10, color="black")
+    colour_ax = figure.add_axes(
+        ((image_w + 0.15) / total_w, 0.1 * image_h / total_h, 0.18 / total_w, 0.8 * image_h / total_h)
     )
+    z0, z1 = z_range_nm
+    bar = figure.colorbar(ScalarMappable(Normalize(z0, z1), cmap="turbo"), cax=colour_ax)
+    bar.set_label("mean z (nm); brightness: localizations per pixel", fontsize=8)
+    bar.ax.tick_params(labelsize=8)
+    return figure
+
+
+def overlay_figure(frame: np.ndarray, rendered: np.ndarray, pixel_um: float, title: str = "") -> Any:
+    """Three labelled panels: the frame, the model re-rendered from the localizations and the residual
+    (frame − model), in photons per pixel (counts after preprocessing), each with a colour bar and a scale
+    bar in µm."""
+    from dstorm3d.visualization import add_scale_bar, new_figure
+
+    lo, hi = np.percentile(frame, [1, 99.8])
+    hi = max(hi, lo + 1e-9)
+    residual = frame - rendered
+    span = max(float(np.percentile(np.abs(residual), 99.8)), 1e-9)
+    height, width = frame.shape
+    panel_w = 3.6
+    figure = new_figure(3 * (panel_w + 0.9), panel_w * height / width + 0.9)
+    axes = figure.subplots(1, 3)
+    unit = "photons per pixel"
+    panels = (
+        ("frame", frame, "gray", lo, hi, unit),
+        ("model (re-rendered)", rendered, "gray", lo, hi, unit),
+        ("residual (frame − model)", residual, "RdBu_r", -span, span, f"residual, {unit}"),
+    )
+    for ax, (name, image, cmap, vmin, vmax, label) in zip(axes, panels):
+        shown = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_title(name, fontsize=10)
+        ax.set_axis_off()
+        add_scale_bar(ax, pixel_um, width, colour="white" if cmap == "gray" else "black")
+        figure.colorbar(shown, ax=ax, shrink=0.85).set_label(label, fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
 
 
 def save_json(data: dict[str, Any], path: Path, overwrite: bool = False) -> Path:

@@ -17,11 +17,11 @@ from torch.utils.data import DataLoader
 from dstorm3d.inference.outputs import (
     existing_outputs,
     merge_parts,
-    overlay_panel,
+    overlay_figure,
     per_frame_counts,
     read_localizations,
+    render_figure,
     save_json,
-    save_tiff,
     super_resolution_render,
 )
 from dstorm3d.inference.preprocess import Preprocessing
@@ -32,8 +32,9 @@ from dstorm3d.modules.checkpoints import load_module, read_checkpoint_kind
 from dstorm3d.utils.cli import UserInputError, one_line, set_threads
 from dstorm3d.utils.files import FolderLock
 from dstorm3d.utils.rates import rate_text
+from dstorm3d.utils.tiff import write_imagej_tiff
 from dstorm3d.utils.validate import integer, number, writable_folder
-from dstorm3d.visualization import save_png
+from dstorm3d.visualization import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,8 @@ def overlay_frames(
         weights, _ = nnls(design, frame.ravel(), maxiter=20 * design.shape[1])
         rendered = (design @ weights).reshape(frame.shape)
         name = f"overlay_frame{index + 1:04d}.png"
-        save_png(overlay_panel(frame, rendered), folder / name)
+        title = f"frame {index + 1}: {xyz.shape[0]} localizations"
+        save_figure(overlay_figure(frame, rendered, setup.pixel_size_um, title), folder / name)
         names.append(name)
     return names
 
@@ -261,17 +263,25 @@ def localize_recording(cfg: DictConfig, out: Path, preprocessing: Preprocessing)
         table["x"], table["y"], table["z"], field_nm, float(cfg.render_pixel_nm), z_range_nm
     )
     overwrite = True  # every output was checked for at the start
-    save_png(rgb, out / "render.png")
-    description = {
-        "pixel_nm": float(cfg.render_pixel_nm),
-        "colour": "hue = mean z",
+    pixel_nm = float(cfg.render_pixel_nm)
+    save_figure(render_figure(rgb, pixel_nm, z_range_nm), out / "render.png", overwrite=overwrite)
+    info = {
+        "pixel_nm": pixel_nm,
+        "colour": "hue = mean z (turbo), brightness = localizations per pixel",
         "z_range_nm": list(z_range_nm),
+        "localizations": "localizations.csv",
+        "checkpoint": str(cfg.ckpt),
+        "data": str(cfg.recording),
     }
-    save_tiff(rgb, out / "render.tif", description, overwrite=overwrite)
-    save_tiff(
-        np.stack([counts, mean_z]),
+    write_imagej_tiff(out / "render.tif", rgb, pixel_nm / 1e3, "YXS", info=info, overwrite=overwrite)
+    channels = ["localizations per pixel", "mean z (nm)"]
+    write_imagej_tiff(
         out / "render_counts_zmean.tif",
-        {**description, "channels": ["localizations per pixel", "mean z (nm)"]},
+        np.stack([counts, mean_z]).astype(np.float32),
+        pixel_nm / 1e3,
+        "CYX",
+        info={**info, "channels": channels},
+        labels=channels,
         overwrite=overwrite,
     )
     overlays = overlay_frames(module, recording, preprocessing, table, int(cfg.overlay_frames), out)

@@ -201,13 +201,20 @@ def load_phase_mask(
 
 
 # ---------------------------------------------------------------------------------------- saving
+def mask_sample_um(setup: OpticalSetup) -> float:
+    """One pupil sample of the mask array in the mask (SLM) plane, µm: ``λ·f_4f / (N·Δ_camera)``
+    (the SLM pixel at the natural grid)."""
+    return setup.mask_pixel_um / setup.mask_scale
+
+
 def save_phase_mask(
     mask: np.ndarray, path: str | Path, setup: OpticalSetup | None = None, overwrite: bool = False
 ) -> Path:
     """Save a phase mask (rad) as ``.npy``, ``.tif`` or ``.mat`` (float64, bit-exact round trip).
 
-    With ``setup``, its parameters go into the file (``.mat`` variable ``dstorm3d_setup``, TIFF
-    description) or a ``<name>.json`` sidecar for ``.npy``.
+    With ``setup``, its parameters go into the file (``.mat`` variable ``dstorm3d_setup``, the TIFF's
+    ImageJ Info property) or a ``<name>.json`` sidecar for ``.npy``. The TIFF is an ImageJ image whose
+    pixel is one pupil sample in the mask plane (:func:`mask_sample_um`; ``unit=pixel`` without a setup).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -219,11 +226,14 @@ def save_phase_mask(
             with open(p, "wb") as fh:
                 np.save(fh, mask, allow_pickle=False)
     elif suffix in (".tif", ".tiff"):
+        from dstorm3d.utils.tiff import imagej_tiff_writer
 
-        def write(p: Path) -> None:
-            import tifffile
-
-            tifffile.imwrite(p, mask, description=meta)
+        # pixels are pupil samples in the mask (SLM) plane: µm with a setup, unit=pixel without one
+        pixel_um = mask_sample_um(setup) if setup is not None else None
+        info: dict[str, Any] = {"unit": "rad", "pixel_size_um": pixel_um}
+        if setup is not None:
+            info["optical_setup"] = setup.to_dict()
+        write = imagej_tiff_writer(mask, pixel_um, "YX", info=info)
     elif suffix == ".mat":
 
         def write(p: Path) -> None:

@@ -7,9 +7,10 @@
 Writes into the Hydra run folder (settings in ``configs/show.yaml``):
 
 * ``psf_zstack.tif``: float32 ``(Z, P, P)`` PSFs per photon (one DFT period sums to 1) of an emitter at
-  the centre of pixel ``(P//2, P//2)``; the TIFF description is JSON with ``z_um`` and the pixel size.
-* ``psf_montage.png``: the slices in a grid, each titled with its z.
-* ``phase_mask.png``: the mask's wrapped phase inside the aperture.
+  the centre of pixel ``(P//2, P//2)``, an ImageJ z-stack calibrated in µm (pixel at the sample, slice
+  spacing); its ImageJ Info property is JSON with ``z_um``, the pixel size and the setup.
+* ``psf_montage.png``: the slices in a grid, each titled with its z, with a scale bar and a colour bar.
+* ``phase_mask.png``: the mask's wrapped phase (rad) inside the aperture.
 * ``crlb.csv`` / ``crlb.png``: Cramér–Rao bounds of x, y, z (nm) against z.
 * ``summary.json``: the setup, the mask's source, the mean bounds and the window's photon fraction.
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +37,16 @@ from omegaconf import DictConfig, OmegaConf
 from dstorm3d.errors import UserInputError
 from dstorm3d.optics.config import mask_from_config, setup_from_config
 from dstorm3d.optics.crlb import crlb
-from dstorm3d.optics.masks import BUILTIN_MASKS, aperture_support
+from dstorm3d.optics.masks import BUILTIN_MASKS
 from dstorm3d.optics.pupil import PupilModel
 from dstorm3d.optics.setup import OpticalSetup
 from dstorm3d.utils.cli import exit_on_bad_overrides, run_or_exit
 from dstorm3d.utils.files import atomic_write
 from dstorm3d.utils.paths import CONFIG_DIR, register_root
+from dstorm3d.utils.tiff import psf_zstack_writer
 from dstorm3d.utils.validate import flag, integer, number
+from dstorm3d.visualization import new_figure, psf_montage_figure
+from dstorm3d.visualization import phase_mask_figure as draw_phase_mask
 
 OUTPUT_FILES = ("psf_zstack.tif", "psf_montage.png", "phase_mask.png", "crlb.csv", "crlb.png", "summary.json")
 CRLB_COLUMNS = ("z_um", "x_nm", "y_nm", "z_nm", "photons_std", "background_std")
@@ -154,82 +157,31 @@ def compute_view(optics: Mapping[str, Any], settings: ShowSettings) -> SetupView
 # ---------------------------------------------------------------------------------------- figures
 def _new_figure(width: float, height: float) -> Any:
     """A matplotlib figure drawn by the Agg canvas (no display, no pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
+    return new_figure(width, height, dpi=110)
 
 
 def montage_figure(view: SetupView) -> Any:
-    """The z slices in a grid, titled with z; one shared colour scale or one per slice."""
-    psf, z_um = view.psf, view.z_um
-    count, window = psf.shape[0], psf.shape[-1]
-    columns = math.ceil(math.sqrt(count))
-    rows = math.ceil(count / columns)
-    width = 2.1 * columns + (1.2 if view.settings.shared_colour_scale else 0.3)
-    figure = _new_figure(max(width, 5.5), 2.2 * rows + 0.9)
-    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
-    shared_max = float(psf.max())
-    image = None
-    for index, ax in enumerate(axes):
-        ax.set_axis_off()
-        if index >= count:
-            continue
-        peak = float(psf[index].max())
-        vmax = shared_max if view.settings.shared_colour_scale else peak
-        image = ax.imshow(psf[index], cmap="magma", vmin=0.0, vmax=vmax, interpolation="nearest")
-        title = f"z = {z_um[index]:.2f} µm"
-        if not view.settings.shared_colour_scale:
-            title += f"\npeak {peak:.2e}"
-        ax.set_title(title, fontsize=9)
-    size_um = window * view.setup.pixel_size_um
-    scale = (
-        "shared colour scale" if view.settings.shared_colour_scale else "each slice scaled 0 to its own peak"
+    """The z slices in a grid, titled with z (µm), with a scale bar and a colour bar: one shared colour
+    scale (photons per pixel) or one per slice (relative to its peak)."""
+    return psf_montage_figure(
+        view.psf,
+        view.z_um,
+        view.setup.pixel_size_um,
+        f"{view.setup.name}, mask {_mask_label(view.mask_source)}: PSF per photon, "
+        f"NFP {view.setup.nfp_um:g} µm",
+        shared_colour_scale=view.settings.shared_colour_scale,
     )
-    figure.suptitle(
-        f"{view.setup.name}, mask {_mask_label(view.mask_source)}: PSF per photon\n"
-        f"{window}×{window} px ({size_um:.2f} µm), NFP {view.setup.nfp_um:g} µm; {scale}",
-        fontsize=10,
-    )
-    if view.settings.shared_colour_scale and image is not None:
-        bar = figure.colorbar(image, ax=axes.tolist(), shrink=0.8)
-        bar.set_label("fraction of the emitted photons per pixel")
-    return figure
 
 
 def phase_mask_figure(view: SetupView) -> Any:
     """Wrapped phase (−π, π] inside the aperture on a cyclic colour map, axes in ρ = n·sinθ."""
     setup = view.setup
-    support = aperture_support(setup)
-    wrapped = np.where(support, np.angle(np.exp(1j * view.mask)), np.nan)
-    centre, half = setup.pupil_grid // 2, int(math.ceil(setup.pupil_radius_px)) + 2
-    crop = slice(max(centre - half, 0), min(centre + half + 1, setup.pupil_grid))
-    rho_per_sample = setup.wavelength_um * setup.pupil_pitch
-    lo = (crop.start - centre - 0.5) * rho_per_sample
-    hi = (crop.stop - 1 - centre + 0.5) * rho_per_sample
-    figure = _new_figure(5.2, 4.4)
-    ax = figure.subplots()
-    image = ax.imshow(
-        wrapped[crop, crop],
-        cmap="twilight",
-        vmin=-math.pi,
-        vmax=math.pi,
-        extent=(lo, hi, hi, lo),
-        interpolation="nearest",
-    )
-    ax.set_xlabel("ρx = n·sinθ")
-    ax.set_ylabel("ρy = n·sinθ")
-    ax.set_title(
-        f"{view.setup.name}: phase mask {_mask_label(view.mask_source)}\n"
+    return draw_phase_mask(
+        view.mask,
+        setup,
+        f"{setup.name}: phase mask {_mask_label(view.mask_source)}\n"
         f"inside the aperture (ρ < {setup.aperture_na:g}), N = {setup.pupil_grid}",
-        fontsize=10,
     )
-    bar = figure.colorbar(image, ax=ax, ticks=[-math.pi, -math.pi / 2, 0, math.pi / 2, math.pi])
-    bar.ax.set_yticklabels(["−π", "−π/2", "0", "π/2", "π"])
-    bar.set_label("wrapped phase (rad)")
-    return figure
 
 
 def crlb_figure(view: SetupView) -> Any:
@@ -303,19 +255,9 @@ def summary(view: SetupView) -> dict[str, Any]:
 
 def write_outputs(view: SetupView, folder: Path) -> list[Path]:
     """Write every output file atomically into ``folder``; return their paths."""
-    import tifffile
-
-    description = json.dumps(
-        {
-            "z_um": [float(z) for z in view.z_um],
-            "unit": "fraction of photons per pixel",
-            "pixel_size_um": view.setup.pixel_size_um,
-            "setup": view.setup.name,
-            "mask": view.mask_source,
-        }
-    )
+    info = {"setup": view.setup.name, "mask": view.mask_source, "optical_setup": view.setup.to_dict()}
     writers = {
-        "psf_zstack.tif": lambda p: tifffile.imwrite(p, view.psf, description=description),
+        "psf_zstack.tif": psf_zstack_writer(view.psf, view.z_um, view.setup.pixel_size_um, info),
         "psf_montage.png": lambda p: montage_figure(view).savefig(p),
         "phase_mask.png": lambda p: phase_mask_figure(view).savefig(p),
         "crlb.csv": lambda p: p.write_text(crlb_table(view)),

@@ -39,7 +39,8 @@ def test_show_writes_sane_files(tmp_path):
 
     with tifffile.TiffFile(run_dir / "psf_zstack.tif") as tif:
         stack = tif.asarray()
-        description = json.loads(tif.pages[0].description)
+        description = json.loads(tif.imagej_metadata["Info"])
+        assert tif.series[0].axes == "ZYX" and tif.imagej_metadata["spacing"] == pytest.approx(1.0)
     assert stack.shape == (5, 24, 24) and stack.dtype == np.float32
     np.testing.assert_allclose(description["z_um"], np.linspace(0.0, 4.0, 5))
     fractions = stack.sum(axis=(1, 2))
