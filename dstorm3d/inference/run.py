@@ -82,6 +82,24 @@ def check_applicable(
         )
 
 
+def compatibility_warnings(module: Any, recording: Any, dataset: Any) -> list[str]:
+    """Log and return warnings where the recording is unlike the checkpoint's training frames (its metadata,
+    frame size, background level and PSF brightness; :mod:`dstorm3d.inference.compatibility`)."""
+    from dstorm3d.inference.compatibility import (
+        compare_with_training,
+        metadata_warnings,
+        recording_statistics,
+        training_statistics,
+    )
+
+    found = metadata_warnings(module, list(recording.files), recording.shape)
+    check = compare_with_training(recording_statistics(dataset), training_statistics(module))
+    found += check.warnings()
+    for line in found:
+        log.warning(line)
+    return found
+
+
 def overlay_frames(
     module: Any,
     recording: Any,
@@ -232,6 +250,7 @@ def localize_recording(cfg: DictConfig, out: Path, preprocessing: Preprocessing)
             int(cfg.margin),
             required_margin(module.net),
         )
+    warnings = compatibility_warnings(module, recording, dataset)
     module.predict_settings = {
         "tile": tile,
         "margin": cfg.margin,
@@ -317,6 +336,7 @@ def localize_recording(cfg: DictConfig, out: Path, preprocessing: Preprocessing)
         "normalization": module.normalization.to_dict(),
         "optical_setup": setup.to_dict(),
         "outputs": [*OUTPUT_FILES, *overlays],
+        "warnings": warnings,
     }
     save_json(summary, out / "summary.json", overwrite=overwrite)
     log.info(

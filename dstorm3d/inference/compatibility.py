@@ -1,13 +1,22 @@
-"""Is a recording like the frames a checkpoint was trained on? Two statistics per frame, computed the same
+"""Is a recording like the frames a checkpoint was trained on?
+
+* What the recording's file says (:func:`metadata_warnings`): its pixel size (ImageJ calibration) and the
+  optical setup recorded by ``python -m dstorm3d.simulate``, against the checkpoint's optics.
+* What its frames look like (:func:`compare_with_training`): two statistics per frame, computed the same
 way on the recording (after infer.py's preprocessing) and on frames simulated from the checkpoint's own
 training distribution: the level (the frame's median, background plus camera baseline, in counts) and the
 signal (the 99.9th percentile above the median: the brightest PSF pixels, in counts). A recording whose
 typical values lie far outside the training frames' range is localized by a network that never saw such
-frames; infer.py warns (it does not refuse: the user may know better)."""
+frames.
+
+infer.py warns on either (it does not refuse: the user may know better) and lists the warnings in
+summary.json."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -91,3 +100,59 @@ def compare_with_training(recording: np.ndarray, training: np.ndarray) -> RangeC
         (float(level[0]), float(level[1])),
         (float(signal[0]), float(signal[1])),
     )
+
+
+#: Relative difference in pixel size, wavelength or NA above which the recording's optics differ.
+OPTICS_TOLERANCE = 0.01
+
+
+def metadata_warnings(module: Any, files: Sequence[Path], frame_shape: tuple[int, int]) -> list[str]:
+    """Warnings where the recording's own metadata (first file) contradicts the checkpoint's optics, or its
+    frames are smaller than the training frames."""
+    from dstorm3d.utils.tiff import read_tiff_calibration, read_tiff_info
+
+    setup = module.optical_setup
+    out = []
+    trained = module.hparams.simulation.get("frame_shape")
+    if trained and (frame_shape[0] < trained[0] or frame_shape[1] < trained[1]):
+        out.append(
+            f"frames of {frame_shape[0]}×{frame_shape[1]} px are smaller than the checkpoint's training "
+            f"frames ({trained[0]}×{trained[1]} px): emitters near the edges lose more of their PSF than in "
+            "training and are found less often"
+        )
+    if not files:
+        return out
+    try:
+        calibration = read_tiff_calibration(files[0])
+        info = read_tiff_info(files[0])
+    except Exception:  # noqa: BLE001 - metadata is optional: unreadable metadata is no metadata
+        return out
+    if calibration.unit in ("micron", "µm", "um") and calibration.pixel_size > 0:
+        pixel = calibration.pixel_size
+        if abs(pixel - setup.pixel_size_um) > OPTICS_TOLERANCE * setup.pixel_size_um:
+            out.append(
+                f"the recording's pixel size is {pixel * 1e3:.1f} nm (its TIFF calibration) but the "
+                f"checkpoint was trained for {setup.pixel_size_um * 1e3:.1f} nm: positions and PSF shapes "
+                "will not match; use a checkpoint trained for this microscope"
+            )
+    recorded = info.get("optical_setup") if isinstance(info, dict) else None
+    if isinstance(recorded, dict):
+        for key, name in (("wavelength_um", "wavelength"), ("na", "NA"), ("nfp_um", "focal plane")):
+            theirs, ours = recorded.get(key), getattr(setup, key, None)
+            if (
+                isinstance(theirs, (int, float))
+                and ours
+                and abs(theirs - ours) > OPTICS_TOLERANCE * abs(ours)
+            ):
+                out.append(
+                    f"the recording was made with {name} {theirs:g} (its metadata) but the checkpoint "
+                    f"with {ours:g}: use a checkpoint trained for these optics"
+                )
+    return out
+
+
+def recording_statistics(dataset: Any, frames: int = 16) -> np.ndarray:
+    """:func:`frame_statistics` of up to ``frames`` frames spread evenly over a recording data set (each
+    item ``{"frames": (H, W)}`` after preprocessing)."""
+    picks = np.unique(np.linspace(0, len(dataset) - 1, min(frames, len(dataset))).round().astype(int))
+    return frame_statistics(torch.stack([dataset[int(i)]["frames"] for i in picks]))
