@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dstorm3d.errors import UserInputError
+from dstorm3d.evaluation.report import json_safe
 from dstorm3d.utils.validate import integer, is_finite_number, number
 
 if TYPE_CHECKING:  # torch is imported on first use: a bad command line is refused without loading it
@@ -462,17 +463,6 @@ def per_bin(truth: Table, result: ScoreResult, settings: ScoreSettings) -> list[
 
 
 # ---------------------------------------------------------------------------------------- outputs
-def json_safe(value: Any) -> Any:
-    """Plain JSON data: NaN and infinities become ``None``, numpy scalars Python numbers."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def edges_of(rows: Sequence[Mapping[str, Any]], quantity: str) -> list[float]:
