@@ -9,6 +9,8 @@ Parts (each on the same frames for every checkpoint whose physics — setup, mas
   3000) photons, dimmer than 6,000 rendered but not ground truth, no uniform background, the readout
   camera's baseline 20–40 and read noise 8–12 counts, the checkpoint's per-emitter blur, emitters also in
   an 8-px border) at 1–35 emitters per 13.3 × 13.3 µm² field, and 50 and 75 (extrapolation);
+* ``telomere`` (on request): the same for the telomere / learned-PSF training distribution (uniform 10k–60k
+  photons, super-Gaussian background 20–150 photons/px, Poisson noise) at 1–40 emitters per field and 60;
 * ``fig2``: the paper's Fig. 2 conditions (30,000 photons, 150 background photons/px, Poisson noise);
 * ``isolated``: one emitter per frame at a STORM photon level (``--isolated-photons``, default 10,000)
   with the STORM camera: RMSE vs z beside the CRLB (read noise counted as extra Poisson background);
@@ -40,6 +42,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 STORM_COUNTS = (1, 5, 10, 20, 35, 50, 75)
+TELOMERE_COUNTS = (1, 5, 10, 20, 40, 60)  # 1–40 per field in the authors' learned-PSF training
 FIG2_COUNTS = (1, 10, 20, 35, 50, 75)
 TRAINING_RANGE = (1, 35)  # emitters per field in the STORM training distribution
 STORM_CAMERA = {
@@ -97,7 +100,24 @@ def sweep_parts(
         "background": {"kind": "none"},
         "camera": STORM_CAMERA,
     }
+    telomere = {
+        "name": "telomere",
+        "photons": {"kind": "uniform", "low": 10000.0, "high": 60000.0},
+        "background": {"kind": "super_gaussian", "level_range": [20.0, 150.0]},
+        "camera": {"kind": "ideal"},
+    }
     return [
+        SweepPart(
+            "telomere",
+            "telomere (learned-PSF) training distribution (121×121 px)",
+            {
+                **common,
+                "counts": list(TELOMERE_COUNTS),
+                "frames": frames,
+                "conditions": [telomere],
+                "emitters": {"label_min_photons": 0.0, "margin_px": 8},
+            },
+        ),
         SweepPart(
             "storm",
             "STORM training distribution (121×121 px)",
@@ -704,10 +724,13 @@ def plot(path: Path, labels: list[str], parts: dict[str, Any], real_rows: list[d
 
     colours = dict(zip(labels, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    density, setting = (
+        ("telomere", "telomere distribution") if "telomere" in parts else ("storm", "STORM distribution")
+    )
     panels = [
-        ("storm", "jaccard", "Jaccard", "STORM distribution"),
-        ("storm", "rmse_lat_nm", "lateral RMSE (nm)", "STORM distribution"),
-        ("storm", "rmse_ax_nm", "axial RMSE (nm)", "STORM distribution"),
+        (density, "jaccard", "Jaccard", setting),
+        (density, "rmse_lat_nm", "lateral RMSE (nm)", setting),
+        (density, "rmse_ax_nm", "axial RMSE (nm)", setting),
         ("fig2", "jaccard", "Jaccard", "Fig. 2 (30k photons, 150 bg)"),
     ]
     for ax, (part, score, ylabel, title) in zip(axes.flat, panels):
@@ -799,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
         "--parts",
         nargs="+",
         default=["storm", "common", "fig2", "isolated", "real"],
-        choices=["storm", "common", "fig2", "isolated", "real"],
+        choices=["storm", "common", "fig2", "isolated", "real", "telomere"],
     )
     parser.add_argument("--real", default=str(REAL_DEFAULT), help="a TIFF or folder of real frames")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
