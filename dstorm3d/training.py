@@ -95,6 +95,16 @@ def link_best_checkpoint(best: str | None, folder: Path) -> Path | None:
     return link
 
 
+def wandb_offline_run(trainer: pl.Trainer) -> Path | None:
+    """The folder of this run's offline W&B run (``.../wandb/offline-run-<date>-<id>``), if it has one."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            folder = Path(logger.experiment.dir).parent  # the run's files/ folder sits inside it
+            if folder.name.startswith("offline-run-"):
+                return folder
+    return None
+
+
 def report_locations(trainer: pl.Trainer, output_dir: str) -> dict[str, str]:
     """Print (and log) where the run's results are: the run folder, the best and the last checkpoint."""
     folder = Path(output_dir) / "checkpoints"
@@ -105,6 +115,10 @@ def report_locations(trainer: pl.Trainer, output_dir: str) -> dict[str, str]:
         where["best checkpoint"] = f"{link} -> {Path(best).name}"
     if (folder / "last.ckpt").is_file():
         where["last checkpoint"] = str(folder / "last.ckpt")
+    offline = wandb_offline_run(trainer)
+    if offline is not None:
+        where["W&B offline run"] = str(offline)
+        where["upload it with"] = f"wandb sync {offline}"
     if trainer.is_global_zero:
         for key, value in where.items():
             log.info("%s: %s", key, value)

@@ -53,13 +53,17 @@ def metric_rows(run_dir: Path) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_wandb_runs_offline_without_a_key_and_gets_the_media(tmp_path):
     run = tmp_path / "run"
-    run_train([*TINY, "logger=default", "trainer.max_epochs=1"], run, env={"WANDB_API_KEY": ""})
+    result = run_train([*TINY, "logger=default", "trainer.max_epochs=1"], run, env={"WANDB_API_KEY": ""})
     media = run / "wandb" / "latest-run" / "files" / "media" / "images"
     assert list(media.glob("psf/phase_mask_*.png")), "phase mask image missing"
     assert list(media.glob("psf/zstack_montage_*.png")), "PSF montage missing"
     assert list(media.glob("val/examples_*.png")), "validation examples missing"
     assert list((run / "psf").glob("psf_zstack_*.tif")) and list((run / "examples").glob("*.png"))
-    assert list(run.glob("wandb/offline-run-*"))
+    (offline,) = run.glob("wandb/offline-run-*")
+    assert (
+        f"W&B offline run: {offline}" in result.stdout
+        and f"upload it with: wandb sync {offline}" in result.stdout
+    )
 
 
 @pytest.mark.slow

@@ -31,4 +31,11 @@ def instantiate_callbacks(config: DictConfig | None) -> list[Callback]:
 
 
 def instantiate_loggers(config: DictConfig | None) -> list[Logger]:
-    return instantiate_group(config, "logger")
+    loggers = instantiate_group(config, "logger")
+    for logger in loggers:
+        # Lightning's WandbLogger always passes ``anonymous`` to wandb.init (None when unset), and W&B
+        # then prints "The anonymous setting has no effect" on every run: leave the setting out.
+        init = getattr(logger, "_wandb_init", None)
+        if isinstance(init, dict) and init.get("anonymous") is None:
+            init.pop("anonymous", None)
+    return loggers

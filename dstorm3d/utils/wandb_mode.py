@@ -42,5 +42,7 @@ def choose_wandb_mode() -> str:
     else:
         return "online"
     os.environ["WANDB_MODE"] = "offline"
-    log.info("W&B runs offline: %s. Upload later with `wandb sync <run dir>/wandb/offline-run-*`.", reason)
+    log.info(
+        "W&B runs offline: %s. The run's folder and its `wandb sync` command are printed at the end.", reason
+    )
     return "offline"
