@@ -173,7 +173,9 @@ def test_learned_mask_beats_the_clear_pupil(tmp_path):
         bound = crlb(PupilModel(setup, mask, dtype=torch.float64), z, photons=20000.0, background=100.0)
         lateral[name] = float(np.median(bound["x_nm"]))
     print("PSF design", {k: round(v["jaccard"], 3) for k, v in runs.items()}, "lateral CRLB (nm)", lateral)
-    assert runs["learned"]["jaccard"] >= runs["clear"]["jaccard"] + 0.03
+    # measured: Jaccard 0.175 against 0.063, lateral bound 3.4 against 11.0 nm (2 threads); an earlier
+    # trial with 400 steps on 1 thread gave 0.116 against 0.073 (thread counts change torch's float sums)
+    assert runs["learned"]["jaccard"] >= runs["clear"]["jaccard"] + 0.04
     assert lateral["learned"] <= 0.5 * lateral["clear"]
 
 
