@@ -259,6 +259,60 @@ def _plain_log_axis(ax: Any) -> None:
     ax.grid(alpha=0.3, which="both")
 
 
+def photon_range(spec: Mapping[str, Any]) -> tuple[float, float]:
+    """The central range of a photon distribution: its 5th–95th percentiles (gamma), its bounds (uniform) or
+    its value (fixed)."""
+    kind = spec.get("kind")
+    if kind == "gamma":
+        from scipy.stats import gamma
+
+        lo, hi = gamma.ppf([0.05, 0.95], float(spec["shape"]), scale=float(spec["scale"]))
+        return float(lo), float(hi)
+    if kind == "uniform":
+        return float(spec["low"]), float(spec["high"])
+    return float(spec["value"]), float(spec["value"])
+
+
+def background_range(spec: Mapping[str, Any]) -> tuple[float, float] | None:
+    """The range of a background config's level (photons/px), or ``None`` for kinds without one."""
+    kind = spec.get("kind")
+    if kind == "none":
+        return 0.0, 0.0
+    level = spec.get("level", spec.get("level_range")) if kind in ("uniform", "super_gaussian") else None
+    if level is None:
+        return None
+    values = [float(v) for v in (level if isinstance(level, (list, tuple)) else [level, level])]
+    return min(values), max(values)
+
+
+def training_range_notes(checkpoints: Sequence[Evaluated], condition: Any) -> list[str]:
+    """One line per checkpoint whose training simulation never saw this condition's photons or background:
+    its scores here measure extrapolation, not the model at its task."""
+    notes = []
+    for item in checkpoints:
+        simulation = item.module.hparams.simulation
+        emitters = simulation.get("emitters") or {}
+        if not emitters.get("photons"):
+            continue
+        lo, hi = photon_range(emitters["photons"])
+        lo = max(lo, float(emitters.get("label_min_photons") or 0.0))
+        trained_bg = background_range(simulation.get("background") or {"kind": "none"})
+        outside = []
+        if not lo <= condition.mean_photons <= hi:
+            outside.append(f"{condition.mean_photons:,.0f} photons (trained: {lo:,.0f}–{hi:,.0f})")
+        background = condition.mean_background
+        if trained_bg is not None and background is not None:
+            b_lo, b_hi = trained_bg
+            if not 0.5 * b_lo <= background <= 1.5 * b_hi + 10.0:
+                outside.append(f"{background:g} background photons/px (trained: {b_lo:g}–{b_hi:g})")
+        if outside:
+            notes.append(
+                f"* **{item.label} was not trained for this condition**: {'; '.join(outside)}. Its scores "
+                "here measure how it extrapolates, not how well it does what it was trained for."
+            )
+    return notes
+
+
 def _background_text(background: float | None) -> str:
     return "non-uniform" if background is None else f"{background:g} photons/px"
 
@@ -328,6 +382,7 @@ def markdown_report(
             f"## {condition.name}: {condition.mean_photons:g} signal photons, "
             f"{_background_text(condition.mean_background)} background",
             "",
+            *(notes + [""] if (notes := training_range_notes(checkpoints, condition)) else []),
             "| density (µm⁻²) | per field | per frame | method | frames | Jaccard | precision | recall | "
             "RMSE xy (nm) | RMSE z (nm) | E3D (%) |",
             "|---|---|---|---|---|---|---|---|---|---|---|",

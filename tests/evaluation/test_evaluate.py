@@ -157,6 +157,12 @@ def test_outputs_hold_every_checkpoint_condition_density_and_the_baseline(runs):
     assert summary["command"] in report
     for heading in ("## high_snr", "## low_snr"):
         assert heading in report
+    # trained on 10k–30k photons and 50–150 background: the low-SNR condition says it is outside that
+    high, low = report.split("## low_snr")
+    assert "not trained for this condition" not in high
+    for label in ("Tetrapod", "clear"):
+        note = f"**{label} was not trained for this condition**: 5,000 photons (trained: 10,000–30,000)"
+        assert note in low
     assert (
         report.count("| Tetrapod | 4 |") == 4 and report.count("| clear | 4 |") == 4
     )  # 2 conditions × 2 counts
