@@ -27,8 +27,11 @@ SMALL = [
 
 # experiments that need a file from an earlier run get a stand-in
 REQUIRED = {"learned_psf_localizer": ["optics.mask=clear"]}
-# experiments that read ../shared/data (the printed Tetrapod of the mito data)
-SHARED = {"storm_offsets": ("masks", "mask_tetrapod_printed.mat")}
+# experiments that read ../shared/data (the printed Tetrapod of the mito data, the paper's learned mask)
+SHARED = {
+    "storm_offsets": ("masks", "mask_tetrapod_printed.mat"),
+    "learned_psf_offsets": ("masks", "mask_learned.mat"),
+}
 
 
 def needs(experiment: str) -> None:
@@ -44,6 +47,7 @@ def test_experiment_list_is_not_empty():
         "psf_design_cpu",
         "learned_psf_localizer",
         "storm_offsets",
+        "learned_psf_offsets",
     } <= set(EXPERIMENTS)
 
 
