@@ -216,8 +216,17 @@ def build_structure(settings: SimulationSettings, volume: Volume) -> tuple[np.nd
 
 
 # ---------------------------------------------------------------------------------------- a checkpoint's data
-#: What ``ckpt=`` takes from a checkpoint's training distribution (unless set on the command line).
-CHECKPOINT_KEYS = ("optics", "photons", "blur_sigma_px", "background", "camera", "blinking.density_per_um2")
+#: What ``ckpt=`` takes from a checkpoint's training distribution (unless set on the command line): training
+#: frames hold emitters uniform at random, so the structure is ``random`` too.
+CHECKPOINT_KEYS = (
+    "optics",
+    "photons",
+    "blur_sigma_px",
+    "background",
+    "camera",
+    "blinking.density_per_um2",
+    "structure",
+)
 
 
 @dataclass(frozen=True)
@@ -275,6 +284,7 @@ def checkpoint_distribution(path: str) -> CheckpointDistribution:
         "blinking.density_per_um2": training_density_per_um2(
             emitters, simulation.get("frame_shape") or (64, 64), setup.pixel_size_um
         ),
+        "structure": "random",
     }
     mask = module.phase_mask().detach().to("cpu", torch.float64).numpy()
     source = {"kind": "checkpoint", "path": str(Path(path).resolve())}

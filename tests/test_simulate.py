@@ -257,7 +257,6 @@ def test_ckpt_draws_the_recording_from_the_checkpoints_training_distribution(tmp
             "frames=3",
             "frame_shape=[32,32]",
             "emitters=300",
-            "structure=random",
             "~photons",
             "+photons={kind: fixed, value: 5000.0}",
             "out=sim",
@@ -266,7 +265,15 @@ def test_ckpt_draws_the_recording_from_the_checkpoints_training_distribution(tmp
     )
     record = json.loads((tmp_path / "sim" / "simulation.json").read_text())
     taken = record["settings"]["from_checkpoint"]["keys"]
-    assert taken == ["optics", "blur_sigma_px", "background", "camera", "blinking.density_per_um2"]
+    assert taken == [
+        "optics",
+        "blur_sigma_px",
+        "background",
+        "camera",
+        "blinking.density_per_um2",
+        "structure",
+    ]
+    assert record["settings"]["structure"] == "random"  # training frames hold emitters uniform at random
     settings, simulation = record["settings"], module.hparams.simulation
     assert settings["photons"] == {"kind": "fixed", "value": 5000.0}  # the command line's
     assert settings["camera"] == dict(simulation["camera"]) and settings["background"] == dict(

@@ -7,7 +7,7 @@ and below the measured values, which are recorded in the issue notes and the REA
 
 from __future__ import annotations
 
-import csv
+import json
 import os
 import subprocess
 import sys
@@ -20,7 +20,6 @@ import torch
 from helpers_hydra import composed
 
 from dstorm3d.data.simulated import SimulatedDataModule
-from dstorm3d.emitters import Emitters
 from dstorm3d.metrics.localization import JaccardRMSE
 from dstorm3d.simulation.simulator import batch_emitters, batch_generator
 from dstorm3d.utils.paths import REPO_ROOT
@@ -69,6 +68,9 @@ def train_and_score(
         datamodule.optics, datamodule.simulation, batch_size=32, test_samples=held_out, seed=2024
     )
     metric = JaccardRMSE(threshold_nm=150.0)
+    # matched on lateral distance alone (the axial limit spans any axial range): the axial RMSE then
+    # measures the z estimates themselves, not what the 150 nm ball lets through
+    lateral_only = JaccardRMSE(lateral_threshold_nm=150.0, axial_threshold_nm=1e5)
     with torch.no_grad():
         for batch in test.test_dataloader():
             frames = model.simulate(
@@ -76,13 +78,18 @@ def train_and_score(
             )
             found = model.readout.decode(model(frames), float(model.threshold))
             metric.update(found, batch_emitters(batch))
+            lateral_only.update(found, batch_emitters(batch))
     scores = {k: float(v) for k, v in metric.compute().items()}
-    print("held-out scores", {k: round(scores[k], 3) for k in ("jaccard", "rmse_lat_nm", "rmse_ax_nm")})
+    scores["z_rmse_nm"] = float(lateral_only.compute()["rmse_ax_nm"])
+    print(
+        "held-out scores",
+        {k: round(scores[k], 3) for k in ("jaccard", "rmse_lat_nm", "rmse_ax_nm", "z_rmse_nm")},
+    )
     return scores
 
 
 # Axial RMSE of matches made by chance inside the 150 nm matching ball is R/√5 = 67 nm: a ceiling above it
-# cannot fail. The models below measure 61–62 nm.
+# cannot fail. The end-to-end recording below measures 57 nm.
 AXIAL_CEILING_NM = 66.0
 
 
@@ -102,13 +109,13 @@ def offsets_model(tmp_path_factory) -> tuple[dict[str, float], Path]:
 
 def test_offsets_head_learns_from_scratch(offsets_model):
     """The quickstart network (24-channel U-Net, Adam 4e-3 with a cosine schedule over the 750 steps):
-    measured Jaccard 0.43, RMSE 49.9 / 61.1 nm (the earlier dilated-trunk quickstart: 0.29 and 0.27, the
-    same seeds before and after a change of the renderer's float rounding — short runs move by a few
-    hundredths with the arithmetic, so the floors leave room). Chance inside the 150 nm matching ball gives
-    RMSE 95 nm laterally and 67 nm axially (R·√(2/5), R/√5): the ceilings sit below both."""
+    measured Jaccard 0.41, RMSE 46.6 nm lateral (short runs move by a few hundredths with the arithmetic,
+    so the floors leave room). Matched inside the 150 nm ball, chance alone gives 95 nm lateral RMSE; the
+    z estimates are scored on matches made by lateral distance alone: measured 113 nm, where a network
+    without z skill gives ~1,150 nm (a constant z over the 4 µm range)."""
     scores, _ = offsets_model
     assert scores["jaccard"] >= 0.30
-    assert scores["rmse_lat_nm"] <= 65.0 and scores["rmse_ax_nm"] <= AXIAL_CEILING_NM
+    assert scores["rmse_lat_nm"] <= 65.0 and scores["z_rmse_nm"] <= 150.0
 
 
 def test_volume_head_learns_from_scratch(tmp_path):
@@ -179,17 +186,6 @@ def test_learned_mask_beats_the_clear_pupil(tmp_path):
     assert lateral["learned"] <= 0.5 * lateral["clear"]
 
 
-def read_localizations(path: Path, frames: int) -> list[np.ndarray]:
-    """Per-frame ``(n, 3)`` µm positions from a ThunderSTORM CSV (frames from 1, nm)."""
-    per_frame: list[list[list[float]]] = [[] for _ in range(frames)]
-    with open(path) as fh:
-        for row in csv.DictReader(fh):
-            per_frame[int(row["frame"]) - 1].append(
-                [float(row[k]) / 1e3 for k in ("x [nm]", "y [nm]", "z [nm]")]
-            )
-    return [np.asarray(rows, dtype=np.float64).reshape(-1, 3) for rows in per_frame]
-
-
 def run_cli(args: list[str], cwd: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"DSTORM3D_LOG_DIR": str(cwd)}
     result = subprocess.run(
@@ -199,22 +195,19 @@ def run_cli(args: list[str], cwd: Path) -> None:
 
 
 def test_trained_checkpoint_localizes_a_simulated_recording_through_the_clis(offsets_model, tmp_path):
-    """checkpoint → ``python -m dstorm3d.simulate`` (a 64×64 recording of blinking filaments, camera baseline
-    40) → ``infer.py`` → localizations.csv → Jaccard/RMSE against ground_truth.csv."""
+    """The Quickstart's last steps on a reduced budget: checkpoint → ``python -m dstorm3d.simulate ckpt=``
+    (a 64×64 recording from the checkpoint's own training distribution, at the sparse end of its density
+    range) → ``infer.py`` → ``python -m dstorm3d.score`` against ground_truth.csv."""
     _, checkpoint = offsets_model
-    frames = 24
     run_cli(
         [
             "-m",
             "dstorm3d.simulate",
-            f"frames={frames}",
+            f"ckpt={checkpoint}",
+            "frames=24",
             "frame_shape=[64,64]",
             "seed=7",
-            "blinking.density_per_um2=0.1",
-            "~photons",
-            "+photons={kind: uniform, low: 10000.0, high: 30000.0}",
-            "background.kind=uniform",
-            "+background.level=100.0",
+            "blinking.density_per_um2=0.08",
             "out=sim",
         ],
         tmp_path,
@@ -225,25 +218,17 @@ def test_trained_checkpoint_localizes_a_simulated_recording_through_the_clis(off
             f"ckpt={checkpoint}",
             "data=sim/recording.tif",
             "out=found",
-            "preprocessing.baseline=40.0",
             "trainer.accelerator=cpu",
             "num_workers=0",
         ],
         tmp_path,
     )
-    truth = read_localizations(tmp_path / "sim" / "ground_truth.csv", frames)
-    found = read_localizations(tmp_path / "found" / "localizations.csv", frames)
-    metric = JaccardRMSE(threshold_nm=150.0)
-    metric.update(Emitters.from_lists(found), Emitters.from_lists(truth))
-    scores = {k: float(v) for k, v in metric.compute().items()}
-    print(
-        "end-to-end scores",
-        {k: round(scores[k], 3) for k in ("jaccard", "rmse_lat_nm", "rmse_ax_nm")},
-        "truth",
-        sum(len(t) for t in truth),
-        "found",
-        sum(len(f) for f in found),
+    run_cli(
+        ["-m", "dstorm3d.score", "locs=found/localizations.csv", "truth=sim/ground_truth.csv", "out=score"],
+        tmp_path,
     )
-    assert sum(len(t) for t in truth) >= 3 * frames
-    assert scores["jaccard"] >= 0.30  # measured 0.51 (RMSE 48 / 62 nm); untrained ≈ 0
-    assert scores["rmse_lat_nm"] <= 70.0 and scores["rmse_ax_nm"] <= AXIAL_CEILING_NM
+    scores = json.loads((tmp_path / "score" / "score.json").read_text())
+    print("end-to-end scores", {k: scores[k] for k in ("jaccard", "rmse_lat_nm", "rmse_ax_nm", "tp", "fn")})
+    assert scores["tp"] + scores["fn"] >= 3 * 24
+    assert scores["jaccard"] >= 0.55  # measured 0.70 (RMSE 40 / 57 nm, 76 of 99 found); untrained ≈ 0
+    assert scores["rmse_lat_nm"] <= 55.0 and scores["rmse_ax_nm"] <= AXIAL_CEILING_NM
