@@ -4,8 +4,9 @@
   optical setup recorded by ``python -m dstorm3d.simulate``, against the checkpoint's optics.
 * What its frames look like (:func:`compare_with_training`): two statistics per frame, computed the same
 way on the recording (after infer.py's preprocessing) and on frames simulated from the checkpoint's own
-training distribution: the level (the frame's median, background plus camera baseline, in counts) and the
-signal (the 99.9th percentile above the median: the brightest PSF pixels, in counts). A recording whose
+training distribution: the level (the frame's median, background plus camera baseline) and the signal (the
+99.9th percentile above the median: the brightest PSF pixels), both as the network sees the frames (camera
+counts, or fractions of each frame's range for a network that min–max normalises). A recording whose
 typical values lie far outside the training frames' range is localized by a network that never saw such
 frames.
 
@@ -29,11 +30,30 @@ SIGNAL_PERCENTILE = 99.9
 #: training range's width (plus LEVEL_SLACK_COUNTS), the signal by this factor.
 LEVEL_MARGIN = 0.5
 LEVEL_SLACK_COUNTS = 10.0
+#: The same slack for networks that min–max normalise each frame (statistics in units of that range).
+LEVEL_SLACK_MINMAX = 0.02
 SIGNAL_FACTOR = 3.0
 
 
+def network_view(module: Any, frames: Tensor) -> Tensor:
+    """Frames as far as the network can tell them apart: camera counts for a fixed scale normalisation
+    (a constant factor changes nothing), each frame mapped to [0, 1] for a per-frame min–max one (a camera
+    offset or gain is then invisible to the network and must not be warned about)."""
+    normalization = getattr(module, "normalization", None)
+    if getattr(normalization, "kind", "scale") == "minmax":
+        return normalization(frames.float())
+    return frames
+
+
+def units(module: Any) -> tuple[str, float]:
+    """The unit of :func:`network_view` and the level slack in it."""
+    if getattr(getattr(module, "normalization", None), "kind", "scale") == "minmax":
+        return "of the frame's min–max range", LEVEL_SLACK_MINMAX
+    return "counts", LEVEL_SLACK_COUNTS
+
+
 def frame_statistics(frames: Tensor | np.ndarray) -> np.ndarray:
-    """``(B, 2)`` level and signal (counts) of frames ``(B, H, W)``."""
+    """``(B, 2)`` level and signal of frames ``(B, H, W)``, in the frames' units."""
     flat = torch.as_tensor(frames).detach().double().reshape(len(frames), -1)
     level = flat.median(dim=1).values
     top = torch.quantile(flat, SIGNAL_PERCENTILE / 100.0, dim=1)
@@ -55,7 +75,7 @@ def training_statistics(module: Any, frames: int = 64, seed: int = 0) -> np.ndar
         for batch in data.test_dataloader():
             batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
             generator = batch_generator(device, seed, "range check", int(batch["index"][0]))
-            stats.append(frame_statistics(module.simulate(batch, generator).cpu()))
+            stats.append(frame_statistics(network_view(module, module.simulate(batch, generator)).cpu()))
     return np.concatenate(stats)
 
 
@@ -67,29 +87,33 @@ class RangeCheck:
     signal: float
     level_range: tuple[float, float]
     signal_range: tuple[float, float]
+    unit: str = "counts"
+    slack: float = LEVEL_SLACK_COUNTS
 
     def warnings(self) -> list[str]:
         """One line per statistic far outside the training range (empty when the recording is alike)."""
         out = []
         lo, hi = self.level_range
-        margin = LEVEL_MARGIN * (hi - lo) + LEVEL_SLACK_COUNTS
+        margin = LEVEL_MARGIN * (hi - lo) + self.slack
         if not lo - margin <= self.level <= hi + margin:
             out.append(
-                f"the recording's background level (median {self.level:.0f} counts after preprocessing) is "
-                f"far outside the checkpoint's training frames ({lo:.0f}–{hi:.0f}): check "
+                f"the recording's background level (median {self.level:.3g} {self.unit} after preprocessing) "
+                f"is far outside the checkpoint's training frames ({lo:.3g}–{hi:.3g}): check "
                 "preprocessing.baseline and adu_per_photon, or train for this camera and background"
             )
         lo, hi = self.signal_range
         if not lo / SIGNAL_FACTOR <= self.signal <= hi * SIGNAL_FACTOR:
             out.append(
-                f"the recording's brightest PSF pixels ({self.signal:.0f} counts above the background, the "
-                f"{SIGNAL_PERCENTILE:g}th percentile) are far outside the checkpoint's training frames "
-                f"({lo:.0f}–{hi:.0f}): check preprocessing.adu_per_photon, or train for these photon counts"
+                f"the recording's brightest PSF pixels ({self.signal:.3g} {self.unit} above the background, "
+                f"the {SIGNAL_PERCENTILE:g}th percentile) are far outside the checkpoint's training frames "
+                f"({lo:.3g}–{hi:.3g}): check preprocessing.adu_per_photon, or train for these photon counts"
             )
         return out
 
 
-def compare_with_training(recording: np.ndarray, training: np.ndarray) -> RangeCheck:
+def compare_with_training(
+    recording: np.ndarray, training: np.ndarray, unit: str = "counts", slack: float = LEVEL_SLACK_COUNTS
+) -> RangeCheck:
     """Recording statistics ``(n, 2)`` against training statistics ``(m, 2)`` (:func:`frame_statistics`)."""
     level = np.percentile(training[:, 0], [1, 99])
     signal = np.percentile(training[:, 1], [1, 99])
@@ -99,6 +123,8 @@ def compare_with_training(recording: np.ndarray, training: np.ndarray) -> RangeC
         float(median[1]),
         (float(level[0]), float(level[1])),
         (float(signal[0]), float(signal[1])),
+        unit=unit,
+        slack=slack,
     )
 
 
@@ -151,8 +177,9 @@ def metadata_warnings(module: Any, files: Sequence[Path], frame_shape: tuple[int
     return out
 
 
-def recording_statistics(dataset: Any, frames: int = 16) -> np.ndarray:
+def recording_statistics(module: Any, dataset: Any, frames: int = 16) -> np.ndarray:
     """:func:`frame_statistics` of up to ``frames`` frames spread evenly over a recording data set (each
-    item ``{"frames": (H, W)}`` after preprocessing)."""
+    item ``{"frames": (H, W)}`` after preprocessing), as the network sees them (:func:`network_view`)."""
     picks = np.unique(np.linspace(0, len(dataset) - 1, min(frames, len(dataset))).round().astype(int))
-    return frame_statistics(torch.stack([dataset[int(i)]["frames"] for i in picks]))
+    stack = torch.stack([dataset[int(i)]["frames"] for i in picks])
+    return frame_statistics(network_view(module, stack))

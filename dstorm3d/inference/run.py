@@ -90,10 +90,14 @@ def compatibility_warnings(module: Any, recording: Any, dataset: Any) -> list[st
         metadata_warnings,
         recording_statistics,
         training_statistics,
+        units,
     )
 
     found = metadata_warnings(module, list(recording.files), recording.shape)
-    check = compare_with_training(recording_statistics(dataset), training_statistics(module))
+    unit, slack = units(module)
+    check = compare_with_training(
+        recording_statistics(module, dataset), training_statistics(module), unit=unit, slack=slack
+    )
     found += check.warnings()
     for line in found:
         log.warning(line)

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import tifffile
+import torch
 from helpers_checkpoints import FRAME_PX, save_tiny_checkpoint
 
 from dstorm3d.inference.compatibility import (
@@ -119,3 +120,28 @@ def test_infer_is_silent_on_its_own_kind_of_recording_and_warns_far_from_it(chec
     assert len(warned) == 1 and "background level" in warned[0], warned
     (recorded,) = json.loads((tmp_path / "far" / "summary.json").read_text())["warnings"]
     assert "background level" in recorded
+
+
+def test_a_min_max_network_is_not_warned_about_offsets_it_cannot_see(tmp_path):
+    """A network that min–max normalises every frame sees no camera offset: 2,000 counts added to frames of
+    its own distribution raise no warning for it, while the same frames warn a scale-normalised network."""
+    from dstorm3d.data.simulated import SimulatedDataModule
+    from dstorm3d.inference.compatibility import recording_statistics, units
+    from dstorm3d.simulation.simulator import batch_generator
+
+    for kind, expected in (("minmax", 0), ("scale", 1)):
+        path = save_tiny_checkpoint(
+            tmp_path / f"{kind}.ckpt", ["model/head=offsets", f"model.normalization.kind={kind}"], tmp_path
+        )
+        module = load_module(path)
+        data = SimulatedDataModule(
+            module.hparams.optics, module.hparams.simulation, 8, test_samples=8, seed=5
+        )
+        batch = next(iter(data.test_dataloader()))
+        frames = module.simulate(batch, batch_generator(torch.device("cpu"), 5, "t", 0)) + 2000.0
+        dataset = [{"frames": frame} for frame in frames]
+        unit, slack = units(module)
+        check = compare_with_training(
+            recording_statistics(module, dataset), training_statistics(module), unit=unit, slack=slack
+        )
+        assert len(check.warnings()) == expected, (kind, check)
