@@ -243,6 +243,17 @@ def _sq_errors(match: Any) -> tuple[np.ndarray, np.ndarray]:
     return match.dx_nm**2 + match.dy_nm**2, match.dz_nm**2
 
 
+def _rms(parts: list[np.ndarray], column: int) -> float:
+    """Root mean of column ``column`` of stacked ``(n, 2)`` squared errors (NaN when empty)."""
+    joined = np.concatenate(parts)
+    return float(np.sqrt(joined[:, column].mean())) if len(joined) else math.nan
+
+
+def _median(parts: list[np.ndarray]) -> float:
+    joined = np.concatenate(parts)
+    return float(np.median(joined)) if joined.size else math.nan
+
+
 def common_set(models: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
     """On the STORM sets (training range), the RMSE of the first two models over the ground-truth
     emitters **both** found, and over those only one of them found (with those emitters' median photons):
@@ -279,10 +290,10 @@ def common_set(models: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
             localize_with_network(m["module"], test_set.frames, settings.batch_size, torch.device("cpu"))
             for m in (first, second)
         ]
-        pools: dict[str, list[np.ndarray]] = {
-            k: [] for k in ("both_a_lat", "both_a_ax", "both_b_lat", "both_b_ax", "only_a", "only_b")
-        }
-        photons: dict[str, list[np.ndarray]] = {"both": [], "only_a": [], "only_b": []}
+        # per group: (n, 2) squared lateral and axial errors (nm²) and the truth's photons
+        groups = ("both_a", "both_b", "only_a", "only_b")
+        squares: dict[str, list[np.ndarray]] = {g: [] for g in groups}
+        photons: dict[str, list[np.ndarray]] = {g: [] for g in ("both", "only_a", "only_b")}
         truth = test_set.truth
         for frame in range(truth.batch_size):
             valid = truth.valid[frame].numpy()
@@ -290,54 +301,34 @@ def common_set(models: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
             gt = truth.xyz[frame].numpy()[labelled]
             gt_photons = truth.photons[frame].numpy()[labelled]
             dim = truth.xyz[frame].numpy()[valid & ~labelled]
-            matches = []
+            errors = []  # per model: {ground-truth index: (lateral², axial²)}
             for pred in preds:
                 found = pred.xyz[frame].numpy()[pred.valid[frame].numpy()]
-                matches.append(match_frame(found, gt, MATCHING_NM, unlabelled_xyz_um=dim))
-            a = dict(zip(matches[0].gt_idx.tolist(), range(matches[0].tp)))
-            b = dict(zip(matches[1].gt_idx.tolist(), range(matches[1].tp)))
-            both = sorted(set(a) & set(b))
-            (a_lat, a_ax), (b_lat, b_ax) = _sq_errors(matches[0]), _sq_errors(matches[1])
-            pools["both_a_lat"].append(a_lat[[a[g] for g in both]])
-            pools["both_a_ax"].append(a_ax[[a[g] for g in both]])
-            pools["both_b_lat"].append(b_lat[[b[g] for g in both]])
-            pools["both_b_ax"].append(b_ax[[b[g] for g in both]])
-            only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
-            pools["only_a"].append(np.stack([a_lat[[a[g] for g in only_a]], a_ax[[a[g] for g in only_a]]], 1))
-            pools["only_b"].append(np.stack([b_lat[[b[g] for g in only_b]], b_ax[[b[g] for g in only_b]]], 1))
-            photons["both"].append(gt_photons[both])
-            photons["only_a"].append(gt_photons[only_a])
-            photons["only_b"].append(gt_photons[only_b])
-
-        def rms(values: list[np.ndarray]) -> float:
-            joined = np.concatenate(values) if values else np.zeros(0)
-            return float(np.sqrt(joined.mean())) if joined.size else math.nan
-
-        def rms_col(values: list[np.ndarray], col: int) -> float:
-            joined = np.concatenate([v.reshape(-1, 2) for v in values])
-            return float(np.sqrt(joined[:, col].mean())) if len(joined) else math.nan
-
-        def median(values: list[np.ndarray]) -> float:
-            joined = np.concatenate(values)
-            return float(np.median(joined)) if joined.size else math.nan
+                match = match_frame(found, gt, MATCHING_NM, unlabelled_xyz_um=dim)
+                lat, ax = _sq_errors(match)
+                errors.append(dict(zip(match.gt_idx.tolist(), zip(lat, ax))))
+            a, b = errors
+            both, only_a, only_b = sorted(set(a) & set(b)), sorted(set(a) - set(b)), sorted(set(b) - set(a))
+            for group, source, keys in (
+                ("both_a", a, both),
+                ("both_b", b, both),
+                ("only_a", a, only_a),
+                ("only_b", b, only_b),
+            ):
+                squares[group].append(np.array([source[g] for g in keys], dtype=float).reshape(-1, 2))
+            for group, keys in (("both", both), ("only_a", only_a), ("only_b", only_b)):
+                photons[group].append(gt_photons[keys])
 
         rows.append(
             {
                 "count_per_field": count,
-                "both": int(sum(len(v) for v in photons["both"])),
-                "only_a": int(sum(len(v) for v in photons["only_a"])),
-                "only_b": int(sum(len(v) for v in photons["only_b"])),
-                "both_a_lat_nm": rms(pools["both_a_lat"]),
-                "both_a_ax_nm": rms(pools["both_a_ax"]),
-                "both_b_lat_nm": rms(pools["both_b_lat"]),
-                "both_b_ax_nm": rms(pools["both_b_ax"]),
-                "only_a_lat_nm": rms_col(pools["only_a"], 0),
-                "only_a_ax_nm": rms_col(pools["only_a"], 1),
-                "only_b_lat_nm": rms_col(pools["only_b"], 0),
-                "only_b_ax_nm": rms_col(pools["only_b"], 1),
-                "photons_both": median(photons["both"]),
-                "photons_only_a": median(photons["only_a"]),
-                "photons_only_b": median(photons["only_b"]),
+                **{g: int(sum(len(v) for v in photons[g])) for g in ("both", "only_a", "only_b")},
+                **{
+                    f"{g}_{axis}_nm": _rms(squares[g], k)
+                    for g in groups
+                    for k, axis in enumerate(("lat", "ax"))
+                },
+                **{f"photons_{g}": _median(photons[g]) for g in ("both", "only_a", "only_b")},
             }
         )
         print(f"  common / {count} per field: {rows[-1]['both']} found by both", flush=True)

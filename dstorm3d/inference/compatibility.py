@@ -35,19 +35,21 @@ LEVEL_SLACK_MINMAX = 0.02
 SIGNAL_FACTOR = 3.0
 
 
+def _min_max(module: Any) -> bool:
+    """Whether the network min–max normalises each frame (its checkpoint's ``normalization.kind``)."""
+    return getattr(getattr(module, "normalization", None), "kind", "scale") == "minmax"
+
+
 def network_view(module: Any, frames: Tensor) -> Tensor:
     """Frames as far as the network can tell them apart: camera counts for a fixed scale normalisation
     (a constant factor changes nothing), each frame mapped to [0, 1] for a per-frame min–max one (a camera
     offset or gain is then invisible to the network and must not be warned about)."""
-    normalization = getattr(module, "normalization", None)
-    if getattr(normalization, "kind", "scale") == "minmax":
-        return normalization(frames.float())
-    return frames
+    return module.normalization(frames.float()) if _min_max(module) else frames
 
 
 def units(module: Any) -> tuple[str, float]:
     """The unit of :func:`network_view` and the level slack in it."""
-    if getattr(getattr(module, "normalization", None), "kind", "scale") == "minmax":
+    if _min_max(module):
         return "of the frame's min–max range", LEVEL_SLACK_MINMAX
     return "counts", LEVEL_SLACK_COUNTS
 
