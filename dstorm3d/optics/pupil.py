@@ -80,12 +80,16 @@ class PupilModel(nn.Module):
         phase_mask: ``(N, N)`` phase in rad (numpy or tensor); ``None`` = clear pupil.
         learnable: register the mask as an ``nn.Parameter`` (PSF design) instead of a buffer.
         dtype: real dtype of buffers (float32 default; float64 for gradient checks).
+        pupil_amplitude: optional ``(N, N)`` relative field amplitude (apodisation, ≥ 0) inside the
+            aperture; ``None`` = uniform. It is rescaled to a mean square of 1 over the aperture, so the
+            photon normalisation is that of the uniform pupil.
 
     Buffers (all on the K × K aperture box, K = 2⌈R⌉ + 1):
         ``kappa`` ``(K,)`` spatial frequency in cycles per camera pixel, ``(k − N//2)/N``;
         ``kz_sample`` ``(K, K)`` rad/µm, k0·Re√(n_s² − ρ²); ``decay`` ``(K, K)`` 1/µm, k0·Im√(n_s² − ρ²)
         (evanescent super-critical light, objective aperture only); ``base_phase`` ``(K, K)`` rad,
-        −k0·NFP·√(n_i² − ρ²) modulo 2π; ``amplitude`` ``(K, K)`` aperture (1 inside, 0 outside).
+        −k0·NFP·√(n_i² − ρ²) modulo 2π; ``amplitude`` ``(K, K)`` aperture times the (normalised) pupil
+        amplitude (0 outside).
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class PupilModel(nn.Module):
         phase_mask: np.ndarray | Tensor | None = None,
         learnable: bool = False,
         dtype: torch.dtype = torch.float32,
+        pupil_amplitude: np.ndarray | Tensor | None = None,
     ) -> None:
         super().__init__()
         self.setup = setup
@@ -110,6 +115,8 @@ class PupilModel(nn.Module):
         rho = setup.wavelength_um * freq
         k0 = 2 * np.pi / setup.wavelength_um
         amplitude = (rho < setup.aperture_na).astype(np.float64)
+        if pupil_amplitude is not None:
+            amplitude = amplitude * _normalised_amplitude(pupil_amplitude, n, amplitude, self._box)
         kz_immersion = k0 * np.sqrt(np.clip(setup.n_immersion**2 - rho**2, 0.0, None))
         base_phase = -setup.nfp_um * kz_immersion
 
@@ -125,6 +132,8 @@ class PupilModel(nn.Module):
         self.register_buffer("_kappa_folded", self.kappa[fold], persistent=False)
         self.register_buffer("_unfold", torch.as_tensor(np.argsort(fold)), persistent=False)
         self.register_buffer("amplitude", torch.as_tensor(amplitude, dtype=dtype), persistent=False)
+        support = (rho < setup.aperture_na).astype(np.float64)
+        self.register_buffer("support", torch.as_tensor(support, dtype=dtype), persistent=False)
         # The constant defocus phase only enters through exp(i·), so it is kept modulo 2π: smaller angles
         # keep more float32 precision when the depth and ramp phases are added to it.
         self.register_buffer("base_phase", buf(np.mod(base_phase, 2 * np.pi)), persistent=False)
@@ -139,7 +148,7 @@ class PupilModel(nn.Module):
                 f"_{name}_folded", natural[self._fold][:, self._fold].contiguous(), persistent=False
             )
         # Σ_r |E(r)|² over one period = N²·Σ_f |P(f)|² (Parseval); |P| = amplitude at z = 0.
-        self.energy_norm = float(n * n * amplitude.sum())
+        self.energy_norm = float(n * n * np.square(amplitude).sum())
 
         mask = (
             torch.zeros(n, n, dtype=dtype)
@@ -158,6 +167,10 @@ class PupilModel(nn.Module):
             self.register_buffer("phase_mask", mask.clone())
 
     # ------------------------------------------------------------------ pupil
+    def amplitude_in_box(self) -> Tensor:
+        """The model's pupil amplitude on the ``(K, K)`` aperture box (natural order, 0 outside)."""
+        return self.amplitude
+
     def mask_in_box(self, phase_mask: Tensor | None = None) -> Tensor:
         """The mask's ``(K, K)`` aperture box (rad)."""
         mask = self.phase_mask if phase_mask is None else phase_mask
@@ -187,12 +200,15 @@ class PupilModel(nn.Module):
         phase_mask: Tensor | None = None,
         amplitude_scale: Tensor | None = None,
         workspace: Workspace | None = None,
+        amplitude_box: Tensor | None = None,
     ) -> Tensor:
         """The pupils of :meth:`pupil_field` as real and imaginary planes ``(2, E, K, K)``, both axes in
         *folded order* (frequency indices 0, 1 … h, −1 … −h; see :meth:`field_planes`). The phases are
         summed as real numbers and turned into cos/sin once (one pass over the E × K × K pupils). Without
         autograd everything happens in place in the result (the phase is summed in the imaginary plane);
-        ``workspace`` then supplies that tensor (:class:`Workspace`)."""
+        ``workspace`` then supplies that tensor (:class:`Workspace`). ``amplitude_box`` ``(K, K)`` (natural
+        order) replaces the model's own pupil amplitude, e.g. one being fitted; the caller keeps its mean
+        square over the aperture at 1 (:meth:`amplitude_in_box` gives the model's own)."""
         z = z.reshape(-1, 1, 1)
         if workspace is None:
             fixed = self.fixed_phase(phase_mask)
@@ -200,11 +216,16 @@ class PupilModel(nn.Module):
             fixed = workspace.remember("fixed_phase", lambda: self.fixed_phase(phase_mask))
         ramps = None if shift_px is None else self._ramp_angle(shift_px)  # (E, 2, K)
         scale = None if amplitude_scale is None else amplitude_scale.to(fixed.dtype).reshape(-1, 1, 1)
-        if _tracked(fixed, z, *(t for t in (ramps, scale) if t is not None)):
+        aperture = (
+            self._amplitude_folded
+            if amplitude_box is None
+            else (amplitude_box * self.support)[self._fold][:, self._fold]
+        )
+        if _tracked(fixed, z, aperture, *(t for t in (ramps, scale) if t is not None)):
             angle = torch.addcmul(fixed, z, self._kz_sample_folded)
             if ramps is not None:
                 angle = angle + ramps[:, 1].unsqueeze(2) + ramps[:, 0].unsqueeze(1)
-            magnitude = self._amplitude_folded if scale is None else self._amplitude_folded * scale
+            magnitude = aperture if scale is None else aperture * scale
             if self.has_decay:
                 magnitude = magnitude * self._evanescent_decay(z)
             return torch.stack([torch.cos(angle), torch.sin(angle)]) * magnitude
@@ -216,7 +237,7 @@ class PupilModel(nn.Module):
             angle.add_(ramps[:, 1].unsqueeze(2)).add_(ramps[:, 0].unsqueeze(1))
         torch.cos(angle, out=planes[0])
         angle.sin_()
-        planes.mul_(self._amplitude_folded)
+        planes.mul_(aperture)
         if scale is not None:
             planes.mul_(scale)
         if self.has_decay:
@@ -337,6 +358,7 @@ class PupilModel(nn.Module):
         phase_mask: Tensor | None = None,
         photons: Tensor | None = None,
         workspace: Workspace | None = None,
+        amplitude_box: Tensor | None = None,
     ) -> Tensor:
         """PSFs (intensity per photon, or expected photons per pixel) of emitters on pixel grids.
 
@@ -349,6 +371,8 @@ class PupilModel(nn.Module):
                 enters the pupil amplitude as √photons unless a gradient w.r.t. the photons is needed).
             workspace: reusable scratch tensors for untracked evaluation (:class:`Workspace`); the result
                 then lives in the workspace and is overwritten by its next use.
+            amplitude_box: optional ``(K, K)`` pupil amplitude replacing the model's (see
+                :meth:`pupil_planes`).
         Returns:
             ``(E, H, W)``; entry [e, i, j] is the intensity at the centre of frame pixel corner_e + (i, j).
         """
@@ -361,7 +385,7 @@ class PupilModel(nn.Module):
         # w.r.t. the photons is wanted
         in_amplitude = photons is not None and not photons.requires_grad
         scale = (photons.to(xyz_um.dtype) / self.energy_norm).sqrt() if in_amplitude else None
-        pupils = self.pupil_planes(xyz_um[:, 2], shift, phase_mask, scale, workspace)
+        pupils = self.pupil_planes(xyz_um[:, 2], shift, phase_mask, scale, workspace, amplitude_box)
         planes = self.field_planes(pupils, shape, workspace)
         if _tracked(planes):
             power = torch.addcmul(planes[0].square(), planes[1], planes[1])  # |E|²
@@ -385,6 +409,26 @@ class PupilModel(nn.Module):
         xyz = torch.stack([torch.full_like(z, centre), torch.full_like(z, centre), z], dim=1)
         corner = torch.zeros(2, dtype=torch.long, device=z.device)
         return self.psf_on_grid(xyz, corner, (window, window), phase_mask)
+
+
+def _normalised_amplitude(
+    pupil_amplitude: np.ndarray | Tensor, n: int, aperture: np.ndarray, box: slice
+) -> np.ndarray:
+    """The ``(K, K)`` box of an ``(N, N)`` amplitude map, scaled to a mean square of 1 on the aperture."""
+    values = np.asarray(
+        pupil_amplitude.detach().cpu() if isinstance(pupil_amplitude, Tensor) else pupil_amplitude,
+        dtype=np.float64,
+    )
+    if values.shape != (n, n):
+        raise ValueError(f"pupil amplitude has shape {values.shape}; the pupil grid needs ({n}, {n})")
+    values = values[box, box]
+    inside = aperture > 0
+    if not np.all(np.isfinite(values[inside])) or np.any(values[inside] < 0):
+        raise ValueError("pupil amplitude must be finite and non-negative inside the aperture")
+    mean_square = float(np.mean(values[inside] ** 2))
+    if mean_square <= 0:
+        raise ValueError("pupil amplitude is zero everywhere inside the aperture")
+    return values / math.sqrt(mean_square)
 
 
 def _tracked(*tensors: Tensor) -> bool:
