@@ -4,12 +4,15 @@
     python -m dstorm3d.simulate structure=ellipsoids frames=1000 out=sim/ellipsoids seed=3
     python -m dstorm3d.simulate optics=storm_printed blinking.density_per_um2=0.3
 
-Settings are in ``configs/simulate.yaml``. The sample is ``emitters`` fluorophores at fixed positions on a
-structure (smooth 3D filaments, ellipsoid surfaces or uniform random) inside the frame and z range; in
-every frame each one is ON with the duty cycle that gives ``blinking.density_per_um2`` active emitters
-per µm² (independently per frame, or as a two-state Markov chain with a mean ON time), emits photons
-from ``photons`` and is rendered with the ``optics`` pupil model (``render_frames`` through windows, so
-any frame size works), plus background, through the camera model. The background image and a readout
+Settings are in ``configs/simulate.yaml``. The sample is ``emitters`` fluorophores placed on a structure
+(smooth 3D filaments, ellipsoid surfaces or uniform random) inside the frame and z range, fixed there or
+(``motion.diffusion_um2_per_s`` > 0) diffusing from there in 3D, Brownian with that D between frames
+``motion.frame_interval_s`` apart and reflected at the frame's edges and the z range, apart from a
+``motion.immobile_fraction`` that stays put (:mod:`dstorm3d.simulation.motion`); in every frame each one
+is ON with the duty cycle that gives ``blinking.density_per_um2`` active emitters per µm² (independently
+per frame, or as a two-state Markov chain with a mean ON time), emits photons from ``photons`` and is
+rendered with the ``optics`` pupil model (``render_frames`` through windows, so any frame size works),
+plus background, through the camera model. The background image and a readout
 camera's read-noise map are drawn once for the whole recording (``background_per_frame=true`` draws a
 background per frame). Writes into ``out`` (default: the Hydra run folder):
 
@@ -17,9 +20,11 @@ background per frame). Writes into ``out`` (default: the Hydra run folder):
   calibrated in µm (Fiji shows the pixel size); its ImageJ Info property is JSON with the setup, mask,
   camera, pixel size and seed (:func:`dstorm3d.utils.tiff.read_tiff_info`).
 * ``ground_truth.csv``: one row per ON emitter and frame, ThunderSTORM columns ``"id","frame","x [nm]",
-  "y [nm]","z [nm]","intensity [photon]"``: frames from 1, x/y from the image's top-left corner, z above
-  the coverslip, intensity = the emitter's expected signal photons. Every rendered emitter is listed
-  (dim ones too: filter on the intensity column to mimic the paper's labels, > 6000 photons).
+  "y [nm]","z [nm]","intensity [photon]"`` and ``"emitter_id"``: ``id`` numbers the rows from 1, frames
+  from 1, x/y from the image's top-left corner, z above the coverslip, intensity = the emitter's expected
+  signal photons, ``emitter_id`` = which fluorophore (from 1, the same in every frame: the true trajectory
+  of a moving emitter). Every rendered emitter is listed (dim ones too: filter on the intensity column to
+  mimic the paper's labels, > 6000 photons).
 * ``simulation.json``: every setting, the seed and derived numbers (duty cycle, emitters per frame).
 
 Everything random follows ``seed``: on the CPU the files are bit-identical for the same settings. Files are
@@ -54,6 +59,7 @@ from dstorm3d.optics.show import describe_mask_source
 from dstorm3d.simulation.background import BackgroundModel, background_from_config
 from dstorm3d.simulation.blinking import Blinking, BlinkingSettings
 from dstorm3d.simulation.camera import Camera, ReadoutCamera, camera_from_config, smooth_random_map
+from dstorm3d.simulation.motion import MotionSettings, emitter_trajectories
 from dstorm3d.simulation.simulator import stream_seed
 from dstorm3d.simulation.structures import (
     STRUCTURES,
@@ -80,7 +86,7 @@ def _package_version() -> str:
 
 RECORDING, GROUND_TRUTH, SETTINGS_FILE = "recording.tif", "ground_truth.csv", "simulation.json"
 OUTPUT_FILES = (RECORDING, GROUND_TRUTH, SETTINGS_FILE)
-CSV_COLUMNS = ("id", "frame", "x [nm]", "y [nm]", "z [nm]", "intensity [photon]")
+CSV_COLUMNS = ("id", "frame", "x [nm]", "y [nm]", "z [nm]", "intensity [photon]", "emitter_id")
 #: The settings that determine the recording (written to simulation.json); ``out`` and ``overwrite`` only
 #: say where it goes.
 SETTING_KEYS = (
@@ -93,6 +99,7 @@ SETTING_KEYS = (
     "emitters",
     "filaments",
     "ellipsoids",
+    "motion",
     "blinking",
     "photons",
     "blur_sigma_px",
@@ -163,6 +170,7 @@ class SimulationSettings:
     emitters: int
     filaments: FilamentSettings
     ellipsoids: EllipsoidSettings
+    motion: MotionSettings
     blinking: BlinkingSettings
     photons: PhotonDistribution
     blur_sigma_px: tuple[float, float] | None
@@ -194,6 +202,7 @@ class SimulationSettings:
             emitters=integer("emitters", config.get("emitters"), minimum=1),
             filaments=FilamentSettings.from_config(config.get("filaments")),
             ellipsoids=EllipsoidSettings.from_config(config.get("ellipsoids")),
+            motion=MotionSettings.from_config(config.get("motion")),
             blinking=BlinkingSettings.from_config(config.get("blinking")),
             photons=PhotonDistribution.from_config(config.get("photons")),
             blur_sigma_px=None if blur is None else pair("blur_sigma_px", blur, minimum=0),
@@ -454,18 +463,29 @@ def plan_simulation(
 # ---------------------------------------------------------------------------------------- frames
 @dataclass
 class FrameEvents:
-    """The emitters ON in one frame: indices into the structure, photons and blur σ (pixels)."""
+    """The emitters ON in one frame: indices into the structure, their ``(k, 3)`` positions in that frame
+    (µm), photons and blur σ (pixels)."""
 
     emitter: np.ndarray
+    positions_um: np.ndarray
     photons: np.ndarray
     blur_sigma_px: np.ndarray | None
 
 
 def frame_events(plan: SimulationPlan) -> Iterator[FrameEvents]:
-    """ON emitters of every frame, in order (one random stream, consumed frame by frame)."""
-    settings = plan.settings
+    """ON emitters of every frame, in order (one random stream for blinking and photons and one for motion,
+    each consumed frame by frame)."""
+    settings, volume = plan.settings, plan.volume
     rng = np.random.default_rng(stream_seed(settings.seed, "blinking"))
-    for on in plan.blinking.states(rng, settings.emitters, settings.frames):
+    trajectories = emitter_trajectories(
+        np.random.default_rng(stream_seed(settings.seed, "motion")),
+        plan.positions_um,
+        settings.frames,
+        settings.motion,
+        np.array([0.0, 0.0, volume.z_range_um[0]]),
+        np.array([volume.width_um, volume.height_um, volume.z_range_um[1]]),
+    )
+    for on, positions in zip(plan.blinking.states(rng, settings.emitters, settings.frames), trajectories):
         emitter = np.flatnonzero(on)
         photons = settings.photons.draw(rng, len(emitter)).astype(np.float64)
         blur = (
@@ -473,14 +493,14 @@ def frame_events(plan: SimulationPlan) -> Iterator[FrameEvents]:
             if settings.blur_sigma_px is None
             else rng.uniform(*settings.blur_sigma_px, size=len(emitter))
         )
-        yield FrameEvents(emitter, photons, blur)
+        yield FrameEvents(emitter, positions[emitter], photons, blur)
 
 
 def render_signal(plan: SimulationPlan, events: Sequence[FrameEvents]) -> Tensor:
     """Expected signal photons per pixel ``(len(events), H, W)`` on the plan's device."""
     height, width = plan.frame_shape
     signal = torch.zeros(len(events), height, width, device=plan.device)
-    xyz = np.concatenate([plan.positions_um[e.emitter] for e in events])
+    xyz = np.concatenate([e.positions_um for e in events])
     if len(xyz) == 0:
         return signal
     photons = np.concatenate([e.photons for e in events])
@@ -607,13 +627,14 @@ class StagedOutputs:
 def csv_rows(
     plan: SimulationPlan, first_frame: int, chunk: Sequence[FrameEvents], first_id: int
 ) -> list[str]:
-    """Ground-truth CSV lines (nm, frames from 1) for a chunk of frames."""
+    """Ground-truth CSV lines (nm, frames and emitter ids from 1) for a chunk of frames."""
     lines = []
     row_id = first_id
     for offset, events in enumerate(chunk):
-        xyz_nm = plan.positions_um[events.emitter] * 1e3
-        for (x, y, z), photons in zip(xyz_nm, events.photons):
-            lines.append(f"{row_id},{first_frame + offset + 1},{x:.3f},{y:.3f},{z:.3f},{photons:.1f}\n")
+        xyz_nm = events.positions_um * 1e3
+        frame = first_frame + offset + 1
+        for (x, y, z), photons, emitter in zip(xyz_nm, events.photons, events.emitter):
+            lines.append(f"{row_id},{frame},{x:.3f},{y:.3f},{z:.3f},{photons:.1f},{emitter + 1}\n")
             row_id += 1
     return lines
 
@@ -639,6 +660,7 @@ def settings_record(config: Mapping[str, Any], plan: SimulationPlan, stats: Reco
             "expected_active_per_frame": blinking.duty_cycle * settings.emitters,
             "expected_density_per_um2": blinking.duty_cycle * settings.emitters / volume.area_um2,
             "localizations": stats.localizations,
+            "motion": settings.motion.record(settings.emitters),
             "mean_active_per_frame": stats.localizations / settings.frames,
             "clipped_pixels": {"below_0": stats.clipped_below_zero, "above_65535": stats.clipped_above_max},
             "read_noise": (
@@ -660,6 +682,8 @@ def settings_record(config: Mapping[str, Any], plan: SimulationPlan, stats: Reco
                 "x_y": "nm from the top-left corner of the image",
                 "z": "nm above the coverslip",
                 "intensity": "expected signal photons of the emitter in that frame",
+                "id": "row number, from 1",
+                "emitter_id": "the fluorophore (from 1), the same in every frame",
             },
             SETTINGS_FILE: {},
         },
@@ -742,6 +766,14 @@ def simulate(cfg: DictConfig) -> Path:
         f"{stats.localizations} emitter-frames of {settings.emitters} emitters, "
         f"{stats.localizations / settings.frames:.1f} per frame"
     )
+    motion = settings.motion
+    if motion.moves:
+        mobile = settings.emitters - motion.immobile_count(settings.emitters)
+        print(
+            f"{mobile} emitters diffuse with D = {motion.diffusion_um2_per_s:g} µm²/s "
+            f"({motion.frame_interval_s:g} s between frames: {motion.step_sigma_um * 1e3:.1f} nm per axis "
+            "and step); emitter_id in ground_truth.csv follows each one"
+        )
     print(f"wrote {', '.join(OUTPUT_FILES)} to {folder}")
     return folder
 

@@ -101,11 +101,14 @@ def test_ground_truth_is_thunderstorm_csv_in_nm_inside_the_frame_and_z_range(rec
     folder = recordings["first"]
     header, rows = read_ground_truth(folder)
     first_line = (folder / "ground_truth.csv").read_text().splitlines()[0]
-    assert first_line == '"id","frame","x [nm]","y [nm]","z [nm]","intensity [photon]"'
+    assert first_line == '"id","frame","x [nm]","y [nm]","z [nm]","intensity [photon]","emitter_id"'
     assert tuple(header) == CSV_COLUMNS
     assert len(rows) > FRAMES  # ≈ 0.3 /µm² × 23 µm² ≈ 7 per frame
-    ids, frames, x, y, z, photons = rows.T
+    ids, frames, x, y, z, photons, emitter = rows.T
     np.testing.assert_array_equal(ids, np.arange(1, len(rows) + 1))
+    assert np.all((emitter >= 1) & (emitter <= 300)) and len(np.unique(emitter)) > FRAMES
+    for fluorophore in np.unique(emitter):  # fixed emitters: one position per emitter_id in every frame
+        assert len(np.unique(rows[emitter == fluorophore, 2:5], axis=0)) == 1
     assert frames.min() >= 1 and frames.max() <= FRAMES and np.all(np.diff(frames) >= 0)
     assert np.all((x >= 0) & (x < WIDTH * PIXEL_NM) & (y >= 0) & (y < HEIGHT * PIXEL_NM))
     assert np.all((z >= 0) & (z <= 4000)) and z.max() > 100  # nm, not µm
