@@ -100,15 +100,16 @@ class RangeCheck:
         if not lo - margin <= self.level <= hi + margin:
             out.append(
                 f"the recording's background level (median {self.level:.3g} {self.unit} after preprocessing) "
-                f"is far outside the checkpoint's training frames ({lo:.3g}–{hi:.3g}): check "
-                "preprocessing.baseline and adu_per_photon, or train for this camera and background"
+                f"is far outside the checkpoint's training frames ({lo:.3g}–{hi:.3g}): check the "
+                "recording's camera (camera=<name>, configs/camera/), or train for this camera and background"
             )
         lo, hi = self.signal_range
         if not lo / SIGNAL_FACTOR <= self.signal <= hi * SIGNAL_FACTOR:
             out.append(
                 f"the recording's brightest PSF pixels ({self.signal:.3g} {self.unit} above the background, "
                 f"the {SIGNAL_PERCENTILE:g}th percentile) are far outside the checkpoint's training frames "
-                f"({lo:.3g}–{hi:.3g}): check preprocessing.adu_per_photon, or train for these photon counts"
+                f"({lo:.3g}–{hi:.3g}): check the recording's camera (camera=<name>), or train for these "
+                "photon counts"
             )
         return out
 

@@ -305,6 +305,8 @@ class Camera(Protocol):
 
     def to_photons(self, adu: Tensor) -> Tensor: ...
 
+    def expected_counts(self, mu_photons: Tensor) -> Tensor: ...
+
     def to_dict(self) -> dict[str, Any]: ...
 
 
@@ -323,6 +325,10 @@ class IdealCamera:
     def to_photons(self, adu: Tensor) -> Tensor:
         """The identity (the output is already in photons)."""
         return _as_float_tensor(adu)
+
+    def expected_counts(self, mu_photons: Tensor) -> Tensor:
+        """The identity: the mean reading of ``mu_photons``."""
+        return _as_float_tensor(mu_photons)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind}
@@ -402,6 +408,14 @@ class ReadoutCamera:
         if isinstance(baseline, Tensor):
             baseline = _broadcast_param("baseline", baseline, adu)
         return adu - baseline
+
+    def expected_counts(self, mu_photons: Tensor) -> Tensor:
+        """Mean reading ``μ + baseline`` (a range baseline at its midpoint): :meth:`to_photons`'s inverse."""
+        mu = _as_float_tensor(mu_photons)
+        baseline = self.expected_baseline()
+        if isinstance(baseline, Tensor):
+            baseline = _broadcast_param("baseline", baseline, mu)
+        return mu + baseline
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -486,6 +500,12 @@ class EMCCD:
         mean of the floor)."""
         electrons = (_as_float_tensor(adu) - self.baseline_adu + 0.5) * self.e_per_adu / self.em_gain
         return (electrons - self.spurious_charge_e) / self.qe
+
+    def expected_counts(self, mu_photons: Tensor) -> Tensor:
+        """Mean reading ``gain·(QE·μ + spurious)/(e⁻/ADU) + baseline − ½`` (ADU): :meth:`to_photons`'s
+        inverse."""
+        electrons = self.expected_electrons(mu_photons) * self.em_gain
+        return electrons / self.e_per_adu + self.baseline_adu - 0.5
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **{f.name: getattr(self, f.name) for f in fields(self)}}
@@ -616,6 +636,12 @@ class SCMOS:
         adu = _as_float_tensor(adu)
         offset, gain, _ = self._maps(adu)
         return (adu - offset) / gain / self.qe
+
+    def expected_counts(self, mu_photons: Tensor) -> Tensor:
+        """Mean reading ``gain·QE·μ + offset`` per pixel (ADU): :meth:`to_photons`'s inverse."""
+        mu = _as_float_tensor(mu_photons)
+        offset, gain, _ = self._maps(mu)
+        return gain * self.qe * mu + offset
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **{f.name: _plain(getattr(self, f.name)) for f in fields(self)}}

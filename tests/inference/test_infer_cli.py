@@ -77,8 +77,10 @@ def test_one_line_unwraps_a_dataloader_worker_error():
     [
         ("batch_size=0", "batch_size=0"),
         ("num_workers=-1", "num_workers=-1"),
-        ("preprocessing.adu_per_photon=0", "preprocessing.adu_per_photon"),
-        ("preprocessing.baseline=abc", "preprocessing.baseline"),
+        ("+preprocessing.adu_per_photon=0", "preprocessing.adu_per_photon is gone"),
+        ("preprocessing.subtract_minimum=abc", "preprocessing.subtract_minimum"),
+        ("camera.kind=ccd", "camera.kind must be one of"),
+        ("camera=nope", "camera"),
         ("render_pixel_nm=0", "render_pixel_nm=0"),
         ("margin=-3", "margin=-3"),
         ("threshold=-1", "threshold=-1"),

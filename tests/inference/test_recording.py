@@ -26,6 +26,7 @@ from dstorm3d.inference.recording import (
     check_finite,
     open_recording,
 )
+from dstorm3d.simulation.camera import SCMOS
 
 
 def distinct_frames(n: int, height: int = 12, width: int = 20, dtype: type = np.uint16) -> np.ndarray:
@@ -290,7 +291,8 @@ def test_errors_are_one_line_value_errors(tmp_path: Path):
 def test_dataset_items_preprocessed_and_picklable(tmp_path: Path):
     frames = distinct_frames(5)
     write_tiff(tmp_path / "stack.tif", frames)
-    preprocessing = Preprocessing(baseline=100.0, adu_per_photon=2.0)
+    camera = SCMOS(offset_adu=100.0, gain_adu_per_e=2.0, read_var_adu2=0.0, qe=1.0)
+    preprocessing = Preprocessing(camera=camera)
     dataset = RecordingDataset(tmp_path / "stack.tif", preprocessing)
     item = dataset[3]
     assert item["frames"].dtype == torch.float32 and item["frames"].shape == (12, 20)
