@@ -32,6 +32,8 @@ class Emitters:
         labelled: ``(B, M)`` bool, True where an emitter counts as ground truth. Dim emitters are
             rendered (valid) but not labelled. Defaults to ``valid``.
         score: ``(B, M)`` float confidence of a localization (predictions only), else ``None``.
+        sigma: ``(B, M, 4)`` predicted standard deviations of x, y, z (µm) and photons (predictions of a
+            head that estimates them, 0 at padding), else ``None``.
     """
 
     xyz: Tensor
@@ -39,6 +41,7 @@ class Emitters:
     valid: Tensor
     labelled: Tensor | None = None
     score: Tensor | None = None
+    sigma: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.xyz.ndim != 3 or self.xyz.shape[-1] != 3:
@@ -48,6 +51,8 @@ class Emitters:
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != (b, m):
                 raise ValueError(f"{name} must have shape {(b, m)}, got {tuple(value.shape)}")
+        if self.sigma is not None and tuple(self.sigma.shape) != (b, m, 4):
+            raise ValueError(f"sigma must have shape {(b, m, 4)}, got {tuple(self.sigma.shape)}")
         if self.valid.dtype != torch.bool:
             self.valid = self.valid.bool()
         if self.labelled is None:
@@ -74,8 +79,10 @@ class Emitters:
         score: Sequence[np.ndarray | Tensor] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        sigma: Sequence[np.ndarray | Tensor] | None = None,
     ) -> Emitters:
-        """Pad per-frame arrays (``(n_i, 3)`` positions, ``(n_i,)`` photons/flags) into one batch."""
+        """Pad per-frame arrays (``(n_i, 3)`` positions, ``(n_i,)`` photons/flags, ``(n_i, 4)`` sigmas)
+        into one batch."""
         b = len(xyz)
         counts = [int(len(p)) for p in xyz]
         m = max(counts, default=0)
@@ -84,6 +91,7 @@ class Emitters:
         valid = torch.zeros(b, m, dtype=torch.bool)
         lab = torch.zeros(b, m, dtype=torch.bool) if labelled is not None else None
         sc = torch.zeros(b, m, dtype=dtype) if score is not None else None
+        sg = torch.zeros(b, m, 4, dtype=dtype) if sigma is not None else None
         for i, n in enumerate(counts):
             if n == 0:
                 continue
@@ -97,7 +105,9 @@ class Emitters:
                 lab[i, :n] = torch.as_tensor(np.asarray(labelled[i], dtype=bool))
             if sc is not None:
                 sc[i, :n] = torch.as_tensor(np.asarray(score[i], dtype=np.float64), dtype=dtype)
-        return cls(out_xyz, out_ph, valid, lab, sc).to(device)
+            if sg is not None:
+                sg[i, :n] = torch.as_tensor(np.asarray(sigma[i], dtype=np.float64).reshape(n, 4), dtype=dtype)
+        return cls(out_xyz, out_ph, valid, lab, sc, sg).to(device)
 
     @classmethod
     def cat(cls, batches: Sequence[Emitters]) -> Emitters:
@@ -107,12 +117,14 @@ class Emitters:
         m = max(e.max_count for e in batches)
         padded = [e.pad_to(m) for e in batches]
         has_score = all(e.score is not None for e in padded)
+        has_sigma = all(e.sigma is not None for e in padded)
         return cls(
             xyz=torch.cat([e.xyz for e in padded]),
             photons=torch.cat([e.photons for e in padded]),
             valid=torch.cat([e.valid for e in padded]),
             labelled=torch.cat([e.labelled for e in padded]),
             score=torch.cat([e.score for e in padded]) if has_score else None,
+            sigma=torch.cat([e.sigma for e in padded]) if has_sigma else None,
         )
 
     # ------------------------------------------------------------------ views
@@ -144,6 +156,7 @@ class Emitters:
             valid=move(self.valid, False),
             labelled=move(self.labelled, False),
             score=move(self.score, True),
+            sigma=move(self.sigma, True),
         )
 
     def pad_to(self, m: int) -> Emitters:
@@ -167,6 +180,7 @@ class Emitters:
             pad(self.valid, False),
             pad(self.labelled, False),
             pad(self.score),
+            pad(self.sigma),
         )
 
     def select_frames(self, index: Tensor | slice | Sequence[int]) -> Emitters:

@@ -3,7 +3,10 @@
 ``localizations.csv`` follows ThunderSTORM's column convention (SMAP and ThunderSTORM import it):
 ``"id","frame","x [nm]","y [nm]","z [nm]","intensity [photon]","confidence"`` with frames from 1, x/y
 from the top-left corner of the recording's frames, z above the coverslip. A head that estimates no
-photons (the volumetric head) writes its peak value as ``"intensity [au]"`` instead.
+photons (the volumetric head) writes its peak value as ``"intensity [au]"`` instead. A head that predicts
+its own uncertainties (the offsets head) adds :data:`UNCERTAINTY_COLUMNS`: the predicted standard
+deviations of x, y, z (nm) and the intensity (photons), calibrated by the checkpoint's
+``uncertainty_scale`` when it has one (:mod:`dstorm3d.evaluation.uncertainty`).
 
 The renders: ``render.png`` (:func:`render_figure`: z colour bar, scale bar), ``render.tif`` (RGB) and
 ``render_counts_zmean.tif`` (float32 channels: localizations per pixel, mean z in nm) as ImageJ images
@@ -26,6 +29,16 @@ import numpy as np
 from dstorm3d.utils.files import atomic_write
 
 PART_COLUMNS = ("frame", "x_nm", "y_nm", "z_nm", "intensity", "confidence")
+LOCALIZATION_COLUMNS = ("id", "frame", "x [nm]", "y [nm]", "z [nm]")
+UNCERTAINTY_COLUMNS = (
+    "uncertainty_x [nm]",
+    "uncertainty_y [nm]",
+    "uncertainty_z [nm]",
+    "uncertainty_intensity [photon]",
+)
+"""Predicted standard deviations of x, y, z and the intensity, in this order (offsets heads only)."""
+UNCERTAINTY_KEYS = ("uncertainty_x", "uncertainty_y", "uncertainty_z", "uncertainty_intensity")
+""":func:`read_localizations`' keys of :data:`UNCERTAINTY_COLUMNS`."""
 
 
 def part_path(folder: Path, rank: int) -> Path:
@@ -42,9 +55,22 @@ class PartWriter:
         self._writer = csv.writer(self._fh)
         self.rows = 0
 
-    def write(self, frame: int, xyz_nm: np.ndarray, intensity: np.ndarray, confidence: np.ndarray) -> None:
-        for (x, y, z), i, c in zip(xyz_nm, intensity, confidence):
-            self._writer.writerow((frame, f"{x:.3f}", f"{y:.3f}", f"{z:.3f}", f"{i:.6g}", f"{c:.6g}"))
+    def write(
+        self,
+        frame: int,
+        xyz_nm: np.ndarray,
+        intensity: np.ndarray,
+        confidence: np.ndarray,
+        sigma: np.ndarray | None = None,
+    ) -> None:
+        """One frame's rows: ``xyz_nm (n, 3)``, ``intensity (n,)``, ``confidence (n,)`` and, for a head
+        that predicts them, ``sigma (n, 4)``: standard deviations of x, y, z (nm) and intensity (photons)."""
+        for k, ((x, y, z), i, c) in enumerate(zip(xyz_nm, intensity, confidence)):
+            row = [frame, f"{x:.3f}", f"{y:.3f}", f"{z:.3f}", f"{i:.6g}", f"{c:.6g}"]
+            if sigma is not None:
+                sx, sy, sz, si = sigma[k]
+                row += [f"{sx:.3f}", f"{sy:.3f}", f"{sz:.3f}", f"{si:.6g}"]
+            self._writer.writerow(row)
         self.rows += len(xyz_nm)
 
     def close(self) -> None:
@@ -58,11 +84,25 @@ def _read_part(path: Path) -> Iterator[tuple[int, list[str]]]:
             yield int(row[0]), row
 
 
-def merge_parts(folder: Path, ranks: int, destination: Path, intensity_unit: str, overwrite: bool) -> int:
+def localization_header(intensity_unit: str, uncertainties: bool = False) -> list[str]:
+    """The columns of ``localizations.csv`` (:data:`UNCERTAINTY_COLUMNS` last, when written)."""
+    header = [*LOCALIZATION_COLUMNS, f"intensity [{intensity_unit}]", "confidence"]
+    return header + list(UNCERTAINTY_COLUMNS) if uncertainties else header
+
+
+def merge_parts(
+    folder: Path,
+    ranks: int,
+    destination: Path,
+    intensity_unit: str,
+    overwrite: bool,
+    uncertainties: bool = False,
+) -> int:
     """Merge the ranks' part files into ``destination`` in frame order (streaming k-way merge); returns the
-    number of rows. Part files are removed afterwards."""
+    number of rows. Part files are removed afterwards. ``uncertainties``: the parts hold the four
+    uncertainty values after the confidence (:meth:`PartWriter.write` with ``sigma``)."""
     parts = [part_path(folder, r) for r in range(ranks) if part_path(folder, r).exists()]
-    header = ["id", "frame", "x [nm]", "y [nm]", "z [nm]", f"intensity [{intensity_unit}]", "confidence"]
+    header = localization_header(intensity_unit, uncertainties)
     count = 0
 
     def write(tmp: Path) -> None:
@@ -83,12 +123,14 @@ def merge_parts(folder: Path, ranks: int, destination: Path, intensity_unit: str
 
 def read_localizations(path: Path) -> dict[str, np.ndarray]:
     """A localization table as float arrays keyed ``frame``, ``x``, ``y``, ``z`` (nm), ``intensity``,
-    ``confidence``."""
+    ``confidence`` and, where the table has them (offsets heads), :data:`UNCERTAINTY_KEYS`
+    (``uncertainty_x``, ``_y``, ``_z`` in nm, ``uncertainty_intensity`` in photons)."""
     with open(path, newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader)
         rows = np.array([[float(v) for v in r] for r in reader], dtype=np.float64).reshape(-1, len(header))
     keys = {"frame": "frame", "x [nm]": "x", "y [nm]": "y", "z [nm]": "z", "confidence": "confidence"}
+    keys.update(zip(UNCERTAINTY_COLUMNS, UNCERTAINTY_KEYS))
     out = {short: rows[:, header.index(name)] for name, short in keys.items() if name in header}
     intensity = [h for h in header if h.startswith("intensity")]
     if intensity:

@@ -29,6 +29,7 @@ from dstorm3d.inference.recording import RecordingDataset, RecordingError, open_
 from dstorm3d.inference.writer import LocalizationWriter
 from dstorm3d.models.tiling import required_head_margin, required_margin
 from dstorm3d.modules.checkpoints import load_module, read_checkpoint_kind
+from dstorm3d.simulation.camera import Camera, camera_from_config
 from dstorm3d.utils.cli import UserInputError, one_line, set_threads
 from dstorm3d.utils.files import FolderLock
 from dstorm3d.utils.rates import rate_text
@@ -184,7 +185,16 @@ def check_settings(cfg: DictConfig) -> Preprocessing:
     integer("margin", cfg.margin, minimum=0, allow_none=True, example=40)
     number("threshold", cfg.threshold, minimum=0.0, allow_none=True, example=0.5)
     set_threads(cfg.get("threads"))
-    return Preprocessing(**OmegaConf.to_container(cfg.preprocessing, resolve=True))
+    settings = OmegaConf.to_container(cfg.preprocessing, resolve=True)
+    camera = cfg.get("camera")
+    camera = OmegaConf.to_container(camera, resolve=True) if isinstance(camera, DictConfig) else camera
+    return Preprocessing.from_dict({**settings, "camera": camera})
+
+
+def training_camera(module: Any) -> Camera | None:
+    """The camera a checkpoint's network was trained on (its simulation's camera), or ``None``."""
+    config = dict(module.hparams.get("simulation", {}) or {}).get("camera")
+    return None if not config else camera_from_config(dict(config))
 
 
 def refuse_existing_outputs(cfg: DictConfig, out: Path) -> None:
@@ -228,6 +238,7 @@ def localize_recording(cfg: DictConfig, out: Path, preprocessing: Preprocessing)
     except RecordingError as exc:
         raise UserInputError(str(exc)) from None
     module = load_module(cfg.ckpt)
+    preprocessing = preprocessing.with_target(training_camera(module))
 
     dataset = RecordingDataset(
         cfg.recording, preprocessing, channel=cfg.get("channel"), allow_float=bool(cfg.allow_float)
@@ -276,7 +287,14 @@ def localize_recording(cfg: DictConfig, out: Path, preprocessing: Preprocessing)
 
     head = module.hparams.head["kind"]
     unit = "photon" if head == "offsets" else "au"
-    n_locs = merge_parts(out, trainer.world_size, out / "localizations.csv", unit, overwrite=True)
+    n_locs = merge_parts(
+        out,
+        trainer.world_size,
+        out / "localizations.csv",
+        unit,
+        overwrite=True,
+        uncertainties=head == "offsets",
+    )
     table = read_localizations(out / "localizations.csv")
     setup = module.optical_setup
     height, width = recording.shape
@@ -331,6 +349,7 @@ def localize_recording(cfg: DictConfig, out: Path, preprocessing: Preprocessing)
         "accelerator": type(trainer.accelerator).__name__,
         "precision": precision,
         "head": head,
+        "uncertainty_scale": (module.hparams.head.get("postprocess") or {}).get("uncertainty_scale"),
         "threshold": float(cfg.threshold) if cfg.threshold is not None else float(module.threshold),
         "tile": tile,
         "margin": cfg.margin if cfg.margin is not None else required_margin(module.net),

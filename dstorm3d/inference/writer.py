@@ -17,6 +17,11 @@ from dstorm3d.utils.rates import rate_text
 log = logging.getLogger(__name__)
 
 
+def sigma_in_output_units(sigma: np.ndarray) -> np.ndarray:
+    """``Emitters.sigma (..., 4)`` (x, y, z in µm, photons) → the CSV's units (x, y, z in nm, photons)."""
+    return sigma * np.array([1e3, 1e3, 1e3, 1.0], dtype=sigma.dtype)
+
+
 class LocalizationWriter(BasePredictionWriter):
     """Writes every predicted batch to this rank's part file; reports frames/s and localizations.
 
@@ -56,12 +61,16 @@ class LocalizationWriter(BasePredictionWriter):
         valid = found.valid.cpu().numpy()
         photons = found.photons.detach().float().cpu().numpy()
         score = found.score.detach().float().cpu().numpy()
+        sigma = (
+            None if found.sigma is None else sigma_in_output_units(found.sigma.detach().float().cpu().numpy())
+        )
         for b, frame in enumerate(indices):
             keep = valid[b]
             known = np.isfinite(photons[b][keep])
             self.intensity_known |= bool(known.any())
             intensity = np.where(np.isfinite(photons[b][keep]), photons[b][keep], score[b][keep])
-            self.writer.write(int(frame), xyz_nm[b][keep], intensity, score[b][keep])
+            frame_sigma = None if sigma is None else sigma[b][keep]
+            self.writer.write(int(frame), xyz_nm[b][keep], intensity, score[b][keep], frame_sigma)
             self.localizations += int(keep.sum())
         self.frames += len(indices)
         now = time.perf_counter()

@@ -123,6 +123,7 @@ def localize_frames(
     per_frame: list[list[Tensor]] = [[] for _ in range(frames.shape[0])]
     scores: list[list[Tensor]] = [[] for _ in range(frames.shape[0])]
     photons: list[list[Tensor]] = [[] for _ in range(frames.shape[0])]
+    sigmas: list[list[Tensor]] = [[] for _ in range(frames.shape[0])]  # a head's predicted σ, if any
     for t in outer:
         crop = normalised[:, t.ir0 : t.ir1, t.ic0 : t.ic1]
         for found, inner in localize_crop(module, crop, threshold, head_tile):
@@ -146,8 +147,11 @@ def localize_frames(
                 per_frame[b].append(xyz[b][keep])
                 scores[b].append(found.score[b][keep])
                 photons[b].append(found.photons[b][keep])
+                if found.sigma is not None:
+                    sigmas[b].append(found.sigma[b][keep])
     return Emitters.from_lists(
         [torch.cat(x).cpu() for x in per_frame],
         photons=[torch.cat(x).cpu() for x in photons],
         score=[torch.cat(x).cpu() for x in scores],
+        sigma=[torch.cat(x).cpu() for x in sigmas] if any(sigmas) else None,
     ).to(frames.device)

@@ -5,9 +5,17 @@ of one emitter spreads over neighbouring pixels) and its own ``p`` is the maximu
 exact ties between neighbouring maxima keep the first in raster order. Its position is the pixel centre
 plus the predicted offsets, ``z = z_min + z·(z_max − z_min)``, photons = ``photons · photon_scale``, and
 its score ``min(1, 3×3 sum of p)``.
+
+The predicted standard deviations come in the head's units (pixels, pixels, fraction of the axial range,
+fraction of ``photon_scale``) and leave in µm, µm, µm and photons, times the checkpoint's post-hoc
+calibration factors ``uncertainty_scale`` (``{"x", "y", "z", "photons"}``, 1 where absent; fitted on
+simulated data by :mod:`dstorm3d.evaluation.uncertainty`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +26,21 @@ from dstorm3d.postprocess.volume import pack_detections
 
 _EARLIER_NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1))
 """3×3 neighbours that precede a pixel in raster order, as (row, column) offsets."""
+SIGMA_AXES = ("x", "y", "z", "photons")
+"""The estimates whose standard deviations the head predicts, in the order of ``Emitters.sigma``."""
+SIGMA_KEYS = ("x_sigma", "y_sigma", "z_sigma", "photons_sigma")
+
+
+def scale_factors(uncertainty_scale: Mapping[str, float] | None) -> tuple[float, ...]:
+    """The calibration factors of :data:`SIGMA_AXES` (1 for an axis ``uncertainty_scale`` leaves out)."""
+    scale = dict(uncertainty_scale or {})
+    unknown = set(scale) - set(SIGMA_AXES)
+    if unknown:
+        raise ValueError(f"unknown uncertainty_scale axis {sorted(unknown)}; known: {list(SIGMA_AXES)}")
+    factors = tuple(float(scale.get(axis, 1.0)) for axis in SIGMA_AXES)
+    if not all(f > 0 for f in factors):
+        raise ValueError(f"uncertainty_scale factors must be > 0, got {scale}")
+    return factors
 
 
 def detection_mask(logit: Tensor, threshold: float = 0.5) -> tuple[Tensor, Tensor]:
@@ -43,13 +66,15 @@ def decode_offsets(
     photon_scale: float,
     threshold: float = 0.5,
     return_sigma: bool = False,
+    uncertainty_scale: Mapping[str, float] | None = None,
 ) -> Emitters | tuple[Emitters, Tensor]:
     """Localizations from :class:`~dstorm3d.models.heads.OffsetsHead`'s dict of ``(B, H, W)`` maps.
 
-    Returns :class:`Emitters` (xyz in µm, photons, score in ``[0, 1]``), in raster order per frame; with
-    ``return_sigma=True`` also ``(B, M, 4)`` predicted standard deviations of ``(x, y, z, photons)`` in µm,
-    µm, µm and photons (0 at padding).
+    Returns :class:`Emitters` (xyz in µm, photons, score in ``[0, 1]``, ``sigma (B, M, 4)``: predicted
+    standard deviations of ``(x, y, z, photons)`` in µm, µm, µm and photons, times ``uncertainty_scale``,
+    0 at padding), in raster order per frame; with ``return_sigma=True`` also that ``sigma`` alone.
     """
+    factors = scale_factors(uncertainty_scale)
     logit = out["logit"]
     detected, local_sum = detection_mask(logit, threshold)
     b, r, c = detected.nonzero(as_tuple=True)
@@ -69,10 +94,10 @@ def decode_offsets(
     photons = at("photons") * photon_scale
     score = local_sum[b, r, c].clamp_max(1.0)
     emitters = pack_detections(logit.shape[0], b, xyz, photons, score)
-    if not return_sigma:
-        return emitters
-    scale = torch.tensor([pixel_size_um, pixel_size_um, z_max - z_min, photon_scale], device=xyz.device)
-    sigma = torch.stack([at(k) for k in ("x_sigma", "y_sigma", "z_sigma", "photons_sigma")], dim=-1) * scale
+    units = (pixel_size_um, pixel_size_um, z_max - z_min, photon_scale)
+    scale = torch.tensor([u * f for u, f in zip(units, factors)], device=xyz.device)
+    sigma = torch.stack([at(k) for k in SIGMA_KEYS], dim=-1) * scale
     padded = torch.zeros(emitters.batch_size, emitters.max_count, 4, device=xyz.device)
     padded[emitters.valid] = sigma  # pack_detections keeps the raster order within each frame
-    return emitters, padded
+    emitters = replace(emitters, sigma=padded)
+    return (emitters, padded) if return_sigma else emitters
