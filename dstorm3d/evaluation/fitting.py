@@ -980,8 +980,8 @@ def matching_pursuit(
     filtering = blur_sigma_px is not None or pixel_integration
     if subtract_window is None and max(height, width) + (16 if filtering else 0) > pupil.setup.pupil_grid:
         subtract_window = pupil.setup.pupil_grid
+    frame_background = _as_frame_map(background, data, "background")  # (B, H, W), per-frame subsets below
     fit_options = dict(
-        background=background,
         window=window,
         max_iterations=max_iterations,
         blur_sigma_px=blur_sigma_px,
@@ -1003,7 +1003,14 @@ def matching_pursuit(
                 model_pupil, found, (height, width), subtract_window, blur_sigma_px, pixel_integration
             )
             candidate = stack.detect(data[index] - model, 1, min_correlation)
-            fit = fit_emitters(model_pupil, data[index], candidate, offset=model, **fit_options)
+            fit = fit_emitters(
+                model_pupil,
+                data[index],
+                candidate,
+                offset=model,
+                background=_rows(frame_background, index),
+                **fit_options,
+            )
             accept = candidate.valid[:, 0] & (fit.log_likelihood_ratio[:, 0] > min_log_likelihood_ratio)
             accept &= fit.emitters.photons[:, 0] > 0
             new_xyz, new_photons = data.new_zeros(batch, 1, 3), data.new_zeros(batch, 1)
@@ -1023,12 +1030,18 @@ def matching_pursuit(
                     data[kept],
                     Emitters(xyz[kept], photons[kept], valid[kept]),
                     joint=True,
+                    background=_rows(frame_background, kept),
                     **fit_options,
                 )
                 xyz[kept], photons[kept] = joint.emitters.xyz, joint.emitters.photons
                 score[kept] = joint.log_likelihood_ratio.where(valid[kept], 0.0)
     result = Emitters(xyz, photons, valid, score=score)
     return result.pad_to(max_emitters) if result.max_count < max_emitters else result
+
+
+def _rows(maps: Tensor | None, index: Tensor) -> Tensor | None:
+    """The frames ``index`` of a ``(B, H, W)`` map (``None`` stays ``None``)."""
+    return None if maps is None else maps[index]
 
 
 def _render(
