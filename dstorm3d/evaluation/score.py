@@ -24,7 +24,7 @@ import csv
 import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -149,6 +149,7 @@ class Table:
         xyz_nm: ``(N, 3)`` float64 positions in nm.
         intensity: ``(N,)`` float64 signal (the ``intensity [...]`` column), or None without one.
         intensity_column: that column's name (e.g. ``intensity [photon]``), or None.
+        optional: ``(N,)`` float64 values of each ``optional_columns`` column the file has (NaN allowed).
     """
 
     path: Path
@@ -156,6 +157,7 @@ class Table:
     xyz_nm: np.ndarray
     intensity: np.ndarray | None = None
     intensity_column: str | None = None
+    optional: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -175,6 +177,12 @@ class Table:
         return slice(
             int(np.searchsorted(self.frame, frame, "left")), int(np.searchsorted(self.frame, frame, "right"))
         )
+
+
+def table_header(path: str | Path, key: str) -> list[str]:
+    """The column names of a CSV's header row (nothing else is read); an unreadable or empty file is a
+    one-line :class:`UserInputError` naming ``key``."""
+    return _header(Path(path), key)
 
 
 def _header(path: Path, key: str) -> list[str]:
@@ -211,13 +219,16 @@ def _first_bad_cell(path: Path, names: Sequence[str], indices: Sequence[int]) ->
     return None
 
 
-def read_table(path: str | Path, key: str, need_intensity: bool = False) -> Table:
+def read_table(
+    path: str | Path, key: str, need_intensity: bool = False, optional_columns: Sequence[str] = ()
+) -> Table:
     """Read a ThunderSTORM-style CSV (see the module docstring) into a :class:`Table`.
 
     ``key`` is the setting that named the file (``locs``, ``truth``): every problem — an unreadable file, a
     missing column (``need_intensity``: an ``intensity [...]`` column too), a value that is not a number, a
     frame that is not a whole number ≥ 1, a position that is not finite — is a one-line
-    :class:`UserInputError` naming ``key``, the file and the column.
+    :class:`UserInputError` naming ``key``, the file and the column. ``optional_columns`` the file has are
+    read too (into ``Table.optional``; numbers, NaN allowed: e.g. ``"uncertainty_x [nm]"``).
     """
     path = Path(path)
     header = _header(path, key)
@@ -233,7 +244,8 @@ def read_table(path: str | Path, key: str, need_intensity: bool = False) -> Tabl
             f'{key}={path} has no column "intensity [photon]" (its columns: {_names(header)}): it is '
             "needed for min_photons; give a table with it or set min_photons=null"
         )
-    names = [*REQUIRED_COLUMNS, *([intensity_column] if intensity_column else [])]
+    extra = [name for name in dict.fromkeys(optional_columns) if name in header and name != intensity_column]
+    names = [*REQUIRED_COLUMNS, *([intensity_column] if intensity_column else []), *extra]
     indices = [header.index(name) for name in names]
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle, warnings.catch_warnings():
@@ -247,7 +259,7 @@ def read_table(path: str | Path, key: str, need_intensity: bool = False) -> Tabl
     except OSError as exc:
         raise UserInputError(f"{key}={path}: cannot read it ({exc.strerror or exc})") from None
     values = values.reshape(-1, len(names))
-    for column, name in enumerate(names):
+    for column, name in enumerate(names[: len(names) - len(extra)]):
         bad = np.flatnonzero(~np.isfinite(values[:, column]))
         if len(bad):
             raise UserInputError(
@@ -268,6 +280,7 @@ def read_table(path: str | Path, key: str, need_intensity: bool = False) -> Tabl
         xyz_nm=values[order, 1:4].copy(),
         intensity=values[order, 4].copy() if intensity_column else None,
         intensity_column=intensity_column,
+        optional={name: values[order, len(names) - len(extra) + k].copy() for k, name in enumerate(extra)},
     )
 
 
