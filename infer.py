@@ -7,16 +7,10 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from dstorm3d.utils.cli import exit_on_bad_overrides, run_or_exit
+from dstorm3d.utils.cli import exit_on_bad_overrides, recording_argument, run_or_exit
 from dstorm3d.utils.paths import register_root
 
 register_root()
-
-
-def recording_argument(argv: list[str]) -> list[str]:
-    """``data=<path>`` → ``recording=<path>``: Hydra would read ``data=`` as choosing the training data
-    config group (configs/data), so the recording travels under its own key."""
-    return [f"recording={a[len('data=') :]}" if a.startswith("data=") else a for a in argv]
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="infer.yaml")

@@ -17,6 +17,12 @@ T = TypeVar("T")
 EXIT_USAGE = 2
 
 
+def recording_argument(argv: list[str]) -> list[str]:
+    """``data=<path>`` → ``recording=<path>``: Hydra would read ``data=`` as choosing the training data
+    config group (configs/data), so a command's recording travels under its own key."""
+    return [f"recording={a[len('data=') :]}" if a.startswith("data=") else a for a in argv]
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that end a command with one line and exit code 2 (every dstorm3d user error is a
     :class:`UserInputError`; missing or existing files and config errors come from Python and OmegaConf)."""
