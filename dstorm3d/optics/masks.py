@@ -168,6 +168,12 @@ def fit_mask_to_setup(
     * Anything else: resampled by the ratio of pupil radii when ``resample`` is true, else rejected.
     """
     n, radius = setup.pupil_grid, setup.pupil_radius_px
+    if not setup.has_4f and mask.shape[0] != n:
+        raise MaskError(
+            f"{source} is {mask.shape[0]}×{mask.shape[1]}, but setup '{setup.name}' has no 4f system "
+            f"(optics.f4f_mm is null), so a mask must be on its {n}×{n} pupil grid already: save it on "
+            f"that grid, or set optics.pupil_grid={mask.shape[0]}"
+        )
     mask_radius = support_radius(mask)
     if mask_radius is None:
         if mask.shape[0] == n:
@@ -181,6 +187,12 @@ def fit_mask_to_setup(
     same_scale = abs(mask_radius - expected) <= 1.5
     if same_scale:
         return mask.copy() if mask.shape[0] == n else _center_crop_or_pad(mask, n)
+    if resample and not setup.has_4f:
+        raise MaskError(
+            f"{source} (pupil radius {mask_radius:.1f} samples) does not match setup '{setup.name}' (pupil "
+            f"radius {expected:.1f} samples), and without a 4f system (optics.f4f_mm is null) it is not "
+            "resampled: save the mask on the setup's pupil grid and aperture"
+        )
     if resample:
         return resample_mask(mask, n, scale=expected / mask_radius)
     raise MaskError(
@@ -201,9 +213,11 @@ def load_phase_mask(
 
 
 # ---------------------------------------------------------------------------------------- saving
-def mask_sample_um(setup: OpticalSetup) -> float:
+def mask_sample_um(setup: OpticalSetup) -> float | None:
     """One pupil sample of the mask array in the mask (SLM) plane, µm: ``λ·f_4f / (N·Δ_camera)``
-    (the SLM pixel at the natural grid)."""
+    (the SLM pixel at the natural grid); ``None`` without a 4f system."""
+    if not setup.has_4f:
+        return None
     return setup.mask_pixel_um / setup.mask_scale
 
 

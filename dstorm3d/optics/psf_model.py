@@ -63,6 +63,20 @@ class PSFModel(ABC):
             stack = pupil.psf_zstack(z_um, window)
             return blur_images(stack, self.blur_sigma_px)
 
+    def psf_on_grid(
+        self,
+        xyz_um: Tensor,
+        corner: Tensor,
+        shape: tuple[int, int],
+        photons: Tensor | None = None,
+    ) -> Tensor:
+        """Blurred PSFs ``(E, H, W)`` of emitters ``xyz_um (E, 3)`` µm on pixel grids whose top-left pixels
+        are ``corner`` (``(E, 2)`` or ``(2,)`` row, column), per photon or times ``photons (E,)``; in the
+        dtype and on the device of ``xyz_um``, differentiable w.r.t. positions and photons. The blur is
+        circular over each grid (exact for a whole DFT period; see :func:`blur_images`)."""
+        pupil = self.pupil_model(xyz_um.dtype).to(xyz_um.device)
+        return blur_images(pupil.psf_on_grid(xyz_um, corner, shape, photons=photons), self.blur_sigma_px)
+
 
 class ScalarPupilPSF(PSFModel):
     """The scalar pupil model: setup + pupil phase + pupil amplitude + Gaussian blur.
@@ -109,6 +123,17 @@ class ScalarPupilPSF(PSFModel):
             "amplitude": None if self.amplitude is None else self.amplitude.tolist(),
             "blur_sigma_px": self.blur_sigma_px,
             "label": self.label,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """A short JSON-able record of the model for reports (no arrays)."""
+        return {
+            "kind": self.kind,
+            "label": self.label,
+            "setup": self.setup.name,
+            "pupil_grid": self.setup.pupil_grid,
+            "pupil_amplitude": "uniform" if self.amplitude is None else "given",
+            "blur_sigma_px": self.blur_sigma_px,
         }
 
     def replace(self, **changes: Any) -> ScalarPupilPSF:
@@ -186,6 +211,31 @@ def load_psf(path: str | Path) -> tuple[PSFModel, dict[str, Any]]:
     data["phase"] = arrays.get("phase")
     data["amplitude"] = arrays.get("amplitude")
     return psf_from_dict(data), dict(header.get("metadata", {}))
+
+
+def total_blur_px(psf_sigma_px: float, extra_sigma_px: Tensor | float | None) -> Tensor | float | None:
+    """The Gaussian σ (pixels) of a PSF model's own blur followed by another one (e.g. the simulation's
+    per-emitter blur, a number or ``(E,)``): Gaussians convolve to σ = √(σ_psf² + σ_extra²). ``None`` when
+    neither blurs; ``extra_sigma_px`` itself (the same object) when the PSF model does not blur."""
+    if not psf_sigma_px:
+        return extra_sigma_px
+    if extra_sigma_px is None:
+        return float(psf_sigma_px)
+    if isinstance(extra_sigma_px, Tensor):
+        return torch.sqrt(extra_sigma_px.square() + float(psf_sigma_px) ** 2)
+    return math.hypot(float(psf_sigma_px), float(extra_sigma_px))
+
+
+def renderer(
+    model: PSFModel | PupilModel, dtype: torch.dtype, extra_blur_px: float | None = None
+) -> tuple[PupilModel, float | None]:
+    """The pupil renderer of a PSF model in ``dtype`` and the total blur σ (pixels) to apply after it: the
+    model's blur combined with ``extra_blur_px`` (:func:`total_blur_px`). A bare :class:`PupilModel` (no
+    blur of its own) is returned as is when it has ``dtype``, else as a fixed copy on its device."""
+    if isinstance(model, PSFModel):
+        return model.pupil_model(dtype), total_blur_px(model.blur_sigma_px, extra_blur_px)
+    pupil = model if model.kappa.dtype == dtype else model.fixed_copy(dtype)
+    return pupil, extra_blur_px
 
 
 def blur_images(images: Tensor, sigma_px: float) -> Tensor:

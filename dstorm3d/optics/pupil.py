@@ -102,6 +102,15 @@ class PupilModel(nn.Module):
     ) -> None:
         super().__init__()
         self.setup = setup
+        # the amplitude as given (None or (N, N) float64), for copies in another dtype (see fixed_copy)
+        self.pupil_amplitude = (
+            None
+            if pupil_amplitude is None
+            else np.array(
+                pupil_amplitude.detach().cpu() if isinstance(pupil_amplitude, Tensor) else pupil_amplitude,
+                dtype=np.float64,
+            )
+        )
         n = setup.pupil_grid
         half, k = _pupil_box(setup)
         self.box_half, self.box_size = half, k
@@ -165,6 +174,14 @@ class PupilModel(nn.Module):
             self.phase_mask = nn.Parameter(mask.clone())
         else:
             self.register_buffer("phase_mask", mask.clone())
+
+    def fixed_copy(self, dtype: torch.dtype) -> PupilModel:
+        """This pupil with its current mask as a fixed buffer, in ``dtype``, on the same device (the pupil
+        amplitude kept)."""
+        mask = self.phase_mask.detach().cpu().to(dtype)
+        return PupilModel(self.setup, mask, dtype=dtype, pupil_amplitude=self.pupil_amplitude).to(
+            self.kappa.device
+        )
 
     # ------------------------------------------------------------------ pupil
     def amplitude_in_box(self) -> Tensor:

@@ -1,4 +1,4 @@
-"""One validated description of a microscope with a 4f phase-mask (PSF engineering) path.
+"""One validated description of a microscope, with or without a 4f phase-mask (PSF engineering) path.
 
 Units: wavelength, pixel sizes at the sample, z and NFP in **µm**; camera and mask pixels in µm on the
 physical chip/element; the 4f focal length in **mm**.
@@ -9,6 +9,15 @@ period spans ``N`` camera pixels. The pupil radius in grid samples is ``R = ρ_m
 ``ρ_max`` is the aperture's numerical aperture (``min(NA, n_sample)`` for the water-limited aperture
 the paper used, ``NA`` for the objective aperture). The natural grid size, where one mask pixel is one
 pupil sample, is ``N = λ·f_4f / (Δ_mask·Δ_camera)`` (203 for the STORM setup, 329 for the telomere one).
+
+A microscope without a 4f system (``f4f_mm`` and ``mask_pixel_um`` null: no SLM, e.g. a calibrated
+astigmatic or plain PSF) has no natural grid. Its ``pupil_grid: null`` is chosen by
+:func:`automatic_pupil_grid`: the smallest 5-smooth N (2^a·3^b·5^c) that is at least
+:data:`AUTOMATIC_GRID_MIN` (128) and at least the largest pixel grid a command renders in one piece (its
+render window, or whole frame plus filter margins: ``window_px``), and that holds the aperture box with a
+margin of :data:`APERTURE_MARGIN` samples on each side. A grid only has to hold the PSF (one DFT period is
+N camera pixels), so the result does not depend on N once N holds it; commands that render more than 128
+pixels at once raise N to fit.
 """
 
 from __future__ import annotations
@@ -21,6 +30,13 @@ from dstorm3d.errors import UserInputError
 
 Aperture = Literal["water", "objective"]
 
+#: Smallest automatic pupil grid (samples per side; a DFT period of 128 camera pixels).
+AUTOMATIC_GRID_MIN = 128
+#: Free pupil samples kept on each side of the aperture box by an automatic grid.
+APERTURE_MARGIN = 8
+#: Largest automatic pupil grid.
+AUTOMATIC_GRID_MAX = 2048
+
 
 class SetupError(UserInputError):
     """An optical setup that is physically impossible or cannot be sampled."""
@@ -28,7 +44,7 @@ class SetupError(UserInputError):
 
 @dataclass(frozen=True)
 class OpticalSetup:
-    """Microscope + 4f system + camera, validated on construction.
+    """Microscope + camera (+ 4f system), validated on construction.
 
     Attributes:
         wavelength_um: emission wavelength λ (µm).
@@ -37,12 +53,14 @@ class OpticalSetup:
         n_sample: sample-medium refractive index (water 1.33).
         camera_pixel_um: physical camera pixel (µm).
         magnification: total magnification from the sample to the camera.
-        f4f_mm: focal length of the 4f lenses (mm).
-        mask_pixel_um: phase-mask (SLM) pixel (µm).
         nfp_um: nominal focal plane: focus position of the objective above the coverslip (µm).
         z_range_um: (z_min, z_max) axial range of emitters above the coverslip (µm).
+        f4f_mm: focal length of the 4f lenses (mm); ``None`` = no 4f system (then no ``mask_pixel_um``).
+        mask_pixel_um: phase-mask (SLM) pixel (µm); ``None`` = no SLM.
         pupil_grid: DFT size N (pupil samples per side). ``None`` takes the natural size
-            ``round(λ·f_4f/(Δ_mask·Δ_camera))``.
+            ``round(λ·f_4f/(Δ_mask·Δ_camera))`` with a 4f system, else :func:`automatic_pupil_grid`
+            (for a 128-pixel window; :func:`dstorm3d.optics.config.setup_from_config` passes a
+            command's larger window).
         aperture: ``"water"`` (ρ < min(NA, n_sample), no super-critical light, as the paper) or
             ``"objective"`` (ρ < NA).
         name: free-form label (preset name).
@@ -54,39 +72,47 @@ class OpticalSetup:
     n_sample: float
     camera_pixel_um: float
     magnification: float
-    f4f_mm: float
-    mask_pixel_um: float
     nfp_um: float
     z_range_um: tuple[float, float]
+    f4f_mm: float | None = None
+    mask_pixel_um: float | None = None
     pupil_grid: int | None = None
     aperture: Aperture = "water"
     name: str = "custom"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "z_range_um", tuple(float(v) for v in self.z_range_um))
+        self._validate_numbers()
         if self.pupil_grid is None:
-            object.__setattr__(self, "pupil_grid", self.natural_grid())
+            grid = (
+                self.natural_grid()
+                if self.has_4f
+                else automatic_pupil_grid(self.wavelength_um, self.aperture_na, self.pixel_size_um)
+            )
+            object.__setattr__(self, "pupil_grid", grid)
         object.__setattr__(self, "pupil_grid", int(self.pupil_grid))
         self._validate()
 
     # ------------------------------------------------------------------ validation
-    def _validate(self) -> None:
-        positive = (
-            "wavelength_um",
-            "na",
-            "n_immersion",
-            "n_sample",
-            "camera_pixel_um",
-            "magnification",
-            "f4f_mm",
-            "mask_pixel_um",
-        )
-        for name in positive:
+    def _validate_numbers(self) -> None:
+        """The fields every derived quantity needs: positive numbers, and a 4f system whole or absent."""
+        positive = ("wavelength_um", "na", "n_immersion", "n_sample", "camera_pixel_um", "magnification")
+        optional = ("f4f_mm", "mask_pixel_um")
+        for name in (*positive, *optional):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            if value is None and name in optional:
+                continue
+            if not _positive_number(value):
                 raise SetupError(f"optics.{name} must be a positive number, got {value!r}")
+        if (self.f4f_mm is None) != (self.mask_pixel_um is None):
+            raise SetupError(
+                f"optics.f4f_mm = {self.f4f_mm} and optics.mask_pixel_um = {self.mask_pixel_um}: a 4f "
+                "phase-mask path needs both; set both to null for a microscope without one"
+            )
         if self.aperture not in ("water", "objective"):
             raise SetupError(f"optics.aperture must be 'water' or 'objective', got {self.aperture!r}")
+
+    def _validate(self) -> None:
         if self.na >= self.n_immersion:
             raise SetupError(
                 f"optics.na = {self.na} must be smaller than optics.n_immersion = {self.n_immersion} "
@@ -114,8 +140,18 @@ class OpticalSetup:
             )
 
     # ------------------------------------------------------------------ derived quantities
+    @property
+    def has_4f(self) -> bool:
+        """Whether the setup has a 4f phase-mask path (an SLM or printed mask whose pixel is known)."""
+        return self.f4f_mm is not None and self.mask_pixel_um is not None
+
     def natural_grid(self) -> int:
         """``N = λ·f_4f/(Δ_mask·Δ_camera)``: the DFT size where one mask pixel is one pupil sample."""
+        if not self.has_4f:
+            raise SetupError(
+                f"setup '{self.name}' has no 4f system (optics.f4f_mm and optics.mask_pixel_um are null), "
+                "so it has no natural pupil grid"
+            )
         n = self.wavelength_um * (self.f4f_mm * 1e3) / (self.mask_pixel_um * self.camera_pixel_um)
         return int(n + 1e-9)  # the original truncates (329.5 -> 329)
 
@@ -145,8 +181,11 @@ class OpticalSetup:
         return min(self.na, self.n_sample) * self.pupil_grid * self.pixel_size_um / self.wavelength_um
 
     @property
-    def mask_scale(self) -> float:
-        """Mask pixel in pupil samples, ``N·Δ_mask·Δ_camera/(λ·f_4f)`` (1 at the natural grid)."""
+    def mask_scale(self) -> float | None:
+        """Mask pixel in pupil samples, ``N·Δ_mask·Δ_camera/(λ·f_4f)`` (1 at the natural grid); ``None``
+        without a 4f system."""
+        if not self.has_4f:
+            return None
         return (
             self.pupil_grid
             * self.mask_pixel_um
@@ -176,6 +215,12 @@ class OpticalSetup:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OpticalSetup:
+        """A setup from plain data: :meth:`to_dict`'s fields, where ``pixel_size_um`` (the camera pixel at
+        the sample, µm) may stand for ``camera_pixel_um`` and ``magnification`` (left out or null)."""
+        data = dict(data)
+        pixel = data.pop("pixel_size_um", None)
+        if pixel is not None:
+            data.update(_pixel_fields(pixel, data))
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
@@ -185,6 +230,74 @@ class OpticalSetup:
     def replace(self, **changes: Any) -> OpticalSetup:
         """A copy with some fields changed (re-validated). Changing λ, f or pixels keeps an explicit N."""
         return replace(self, **changes)
+
+
+def _positive_number(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )
+
+
+def _pixel_fields(pixel_size_um: Any, data: dict[str, Any]) -> dict[str, float]:
+    """``camera_pixel_um`` and ``magnification`` for a pixel size at the sample: the pixel itself and 1
+    when neither is given; the given ones when they agree with it; else a :class:`SetupError`."""
+    if not _positive_number(pixel_size_um):
+        raise SetupError(f"optics.pixel_size_um must be a positive number (µm), got {pixel_size_um!r}")
+    camera, magnification = data.get("camera_pixel_um"), data.get("magnification")
+    if camera is None and magnification is None:
+        if data.get("f4f_mm") is not None:
+            raise SetupError(
+                "optics.pixel_size_um cannot describe a camera behind a 4f system (its scale needs the "
+                "physical pixel): give optics.camera_pixel_um and optics.magnification instead"
+            )
+        return {"camera_pixel_um": float(pixel_size_um), "magnification": 1.0}
+    if not (_positive_number(camera) and _positive_number(magnification)):
+        raise SetupError(
+            "optics.pixel_size_um is given with only one of optics.camera_pixel_um and "
+            "optics.magnification: give the pixel size at the sample alone (set both to null) or both"
+        )
+    if abs(camera / magnification - pixel_size_um) > 1e-9 * pixel_size_um:
+        raise SetupError(
+            f"optics.pixel_size_um = {pixel_size_um} µm contradicts optics.camera_pixel_um / "
+            f"optics.magnification = {camera / magnification:g} µm: give one of the two (set "
+            "optics.camera_pixel_um=null optics.magnification=null to use pixel_size_um)"
+        )
+    return {"camera_pixel_um": camera, "magnification": magnification}
+
+
+def is_5_smooth(n: int) -> bool:
+    """Whether ``n`` ≥ 1 has no prime factor above 5 (FFT-friendly sizes)."""
+    for prime in (2, 3, 5):
+        while n % prime == 0:
+            n //= prime
+    return n == 1
+
+
+def automatic_pupil_grid(
+    wavelength_um: float, aperture_na: float, pixel_size_um: float, window_px: int | None = None
+) -> int:
+    """The pupil grid of a setup without a 4f system: the smallest 5-smooth N ≥ max(128, ``window_px``)
+    whose aperture box (K = 2⌈R⌉ + 1 samples, R = ρ_max·N·Δx/λ) leaves :data:`APERTURE_MARGIN` free
+    samples on each side. Raises :class:`SetupError` when no grid can (pixels above the Nyquist limit)."""
+    nyquist_um = wavelength_um / (2 * aperture_na)
+    if pixel_size_um >= nyquist_um:
+        raise SetupError(
+            f"the camera pixel at the sample ({pixel_size_um * 1e3:.1f} nm) exceeds the field's Nyquist "
+            f"limit λ/(2·NA) = {nyquist_um * 1e3:.1f} nm: no pupil grid holds the aperture; raise the "
+            "magnification or use a smaller camera pixel"
+        )
+    n = max(AUTOMATIC_GRID_MIN, int(window_px or 0))
+    while n <= AUTOMATIC_GRID_MAX:
+        box = 2 * math.ceil(aperture_na * n * pixel_size_um / wavelength_um) + 1
+        if is_5_smooth(n) and box + 2 * APERTURE_MARGIN <= n:
+            return n
+        n += 1
+    raise SetupError(
+        f"no pupil grid up to {AUTOMATIC_GRID_MAX} samples holds a {window_px or AUTOMATIC_GRID_MIN}-pixel "
+        f"window and the aperture with a margin: the camera pixel at the sample ({pixel_size_um * 1e3:.1f} "
+        f"nm) is too close to the Nyquist limit {nyquist_um * 1e3:.1f} nm; give optics.pupil_grid or "
+        "use smaller pixels or windows"
+    )
 
 
 def storm_setup(**overrides: Any) -> OpticalSetup:

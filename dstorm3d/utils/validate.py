@@ -153,6 +153,24 @@ def mapping(key: str, value: Any, known: Sequence[str] | None = None) -> dict[st
     return dict(value)
 
 
+def existing_file(
+    key: str, value: Any, suffixes: Sequence[str] = (), *, allow_none: bool = False, example: str = "<file>"
+) -> Path | None:
+    """The path of an existing file whose name ends in one of ``suffixes`` (any name when empty), or
+    ``None`` when allowed."""
+    if value is None and allow_none:
+        return None
+    kinds = "/".join(suffixes) + " " if suffixes else ""
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise UserInputError(_message(key, value, f"the path of a {kinds}file", allow_none, example))
+    path = Path(value).expanduser()
+    if suffixes and not path.name.lower().endswith(tuple(s.lower() for s in suffixes)):
+        raise UserInputError(f"{key}={value}: must be a {kinds}file (e.g. {key}={example})")
+    if not path.is_file():
+        raise UserInputError(f"{key}={value}: no such file (e.g. {key}={example})")
+    return path
+
+
 def _message(key: str, value: Any, allowed: str, allow_none: bool, example: Any) -> str:
     tail = " or null" if allow_none else ""
     return f"{key}={value!r}: must be {allowed}{tail} (e.g. {key}={example})"
