@@ -46,6 +46,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from dstorm3d.optics.masks import tetrapod_mask
+from dstorm3d.optics.psf_model import ScalarPupilPSF
 from dstorm3d.optics.pupil import PupilModel, window_energy
 from dstorm3d.optics.render import render_frames
 from dstorm3d.optics.setup import OpticalSetup, storm_setup
@@ -268,7 +269,7 @@ def measure_pipeline(
     simulation = simulation_config(args)
     n_frames = args.batch_gpu if device.type == "cuda" else args.batch_cpu
     sampler, background = simulation_parts(simulation, setup)
-    simulator = FrameSimulator(setup, mask, simulation).to(device)
+    simulator = FrameSimulator(ScalarPupilPSF(setup, mask), simulation).to(device)
     drained = 2 * workers
     n_batches = drained + args.pipeline_batches * (args.warmup + args.repeats)
     dataset = EmitterDataset(sampler, background, n_batches * n_frames, args.seed)

@@ -51,7 +51,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from dstorm3d.optics.config import mask_from_config, setup_from_config
+from dstorm3d.optics.config import psf_from_config
+from dstorm3d.optics.psf_model import PSFModel, total_blur_px
 from dstorm3d.optics.pupil import PupilModel
 from dstorm3d.optics.render import render_frames
 from dstorm3d.optics.setup import OpticalSetup
@@ -244,7 +245,7 @@ class CheckpointDistribution:
 
     path: str
     settings: dict[str, Any]  # CHECKPOINT_KEYS → values in this config's terms
-    mask: np.ndarray  # (N, N) rad: the phase mask the model was trained with (learned ones included)
+    psf: PSFModel  # the PSF model the model was trained with (learned phase masks included)
     mask_source: dict[str, Any]
     label_min_photons: float  # emitters dimmer than this were rendered but not labelled in training
 
@@ -269,7 +270,7 @@ def training_density_per_um2(
 
 
 def checkpoint_distribution(path: str) -> CheckpointDistribution:
-    """Read a dstorm3d checkpoint's optics, phase mask, photons, blur, background, camera and density."""
+    """Read a dstorm3d checkpoint's optics, PSF model, photons, blur, background, camera and density."""
     from dstorm3d.modules.checkpoints import load_module
     from dstorm3d.optics.config import MASK_KEYS
 
@@ -295,12 +296,12 @@ def checkpoint_distribution(path: str) -> CheckpointDistribution:
         ),
         "structure": "random",
     }
-    mask = module.phase_mask().detach().to("cpu", torch.float64).numpy()
+    psf = module.psf_model()
     source = {"kind": "checkpoint", "path": str(Path(path).resolve())}
     if hparams.get("mask_source"):
         source["trained_with"] = str(hparams.get("mask_source"))
     return CheckpointDistribution(
-        str(path), settings, mask, source, float(emitters.get("label_min_photons") or 0.0)
+        str(path), settings, psf, source, float(emitters.get("label_min_photons") or 0.0)
     )
 
 
@@ -345,6 +346,7 @@ class SimulationPlan:
     optics: dict[str, Any]
     setup: OpticalSetup
     pupil: PupilModel
+    psf: PSFModel
     camera: Camera
     configured_camera: Camera
     background: BackgroundModel
@@ -406,10 +408,11 @@ def plan_simulation(
     config: Mapping[str, Any], checkpoint: CheckpointDistribution | None = None
 ) -> SimulationPlan:
     """Validate every setting, build the optics, camera, background and the sample (nothing is written).
-    ``checkpoint``: the phase mask comes from it (its optics are already in ``config``)."""
+    ``checkpoint``: the PSF model comes from it (its optics are already in ``config``)."""
     settings = SimulationSettings.from_config(config)
     optics = mapping("optics", config.get("optics"))
-    setup = setup_from_config(optics)
+    psf = psf_from_config(optics, settings.render_window_px) if checkpoint is None else checkpoint.psf
+    setup = psf.setup
     setup.check_window(settings.render_window_px)
     z_range = settings.z_range_um or setup.z_range_um
     s0, s1 = setup.z_range_um
@@ -419,13 +422,7 @@ def plan_simulation(
             f"{list(setup.z_range_um)}: choose a range inside it or another optics"
         )
     device = _device(settings.device)
-    mask = mask_from_config(optics, setup) if checkpoint is None else checkpoint.mask
-    if mask.shape != (setup.pupil_grid, setup.pupil_grid):
-        raise UserInputError(
-            f"the checkpoint's phase mask is {mask.shape[0]}² but the optics' pupil grid is "
-            f"{setup.pupil_grid}: leave optics.pupil_grid as the checkpoint has it"
-        )
-    pupil = PupilModel(setup, mask, dtype=torch.float32).to(device)
+    pupil = psf.pupil_model(torch.float32).to(device)
     height, width = settings.frame_shape
     try:
         configured_camera = camera_from_config(settings.camera)
@@ -448,6 +445,7 @@ def plan_simulation(
         optics=optics,
         setup=setup,
         pupil=pupil,
+        psf=psf,
         camera=camera,
         configured_camera=configured_camera,
         background=background,
@@ -506,6 +504,7 @@ def render_signal(plan: SimulationPlan, events: Sequence[FrameEvents]) -> Tensor
     photons = np.concatenate([e.photons for e in events])
     frame_index = np.concatenate([np.full(len(e.emitter), i) for i, e in enumerate(events)])
     blur = None if events[0].blur_sigma_px is None else np.concatenate([e.blur_sigma_px for e in events])
+    psf_blur = plan.psf.blur_sigma_px  # combines with the per-emitter blur in quadrature
 
     def tensor(a: np.ndarray, dtype: torch.dtype = torch.float32) -> Tensor:
         return torch.as_tensor(a, dtype=dtype, device=plan.device)
@@ -521,7 +520,7 @@ def render_signal(plan: SimulationPlan, events: Sequence[FrameEvents]) -> Tensor
                 len(events),
                 (height, width),
                 window=plan.settings.render_window_px,
-                blur_sigma_px=None if blur is None else tensor(blur[part]),
+                blur_sigma_px=total_blur_px(psf_blur, None if blur is None else tensor(blur[part])),
             )
     return signal
 

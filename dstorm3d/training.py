@@ -10,6 +10,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from dstorm3d.optics.config import check_optics
 from dstorm3d.utils.cli import UserInputError, set_threads
 from dstorm3d.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from dstorm3d.utils.validate import integer, number
@@ -72,6 +73,8 @@ def check_settings(cfg: DictConfig) -> None:
         number("model.optimizer.lr", optimizer.lr, above=0.0, example=0.0005)
     if "weight_decay" in optimizer:
         number("model.optimizer.weight_decay", optimizer.weight_decay, minimum=0.0, example=0)
+    if cfg.get("optics") is not None:  # the pupil source (mask or pupil file) before anything loads
+        check_optics(OmegaConf.to_container(cfg.optics, resolve=True))
     set_threads(cfg.get("threads"))
 
 

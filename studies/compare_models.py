@@ -466,6 +466,7 @@ def compare_real(models: list[dict[str, Any]], real: Path, out: Path) -> list[di
     from dstorm3d.inference.preprocess import Preprocessing
     from dstorm3d.inference.recording import open_recording
     from dstorm3d.metrics.matching import match_frame
+    from dstorm3d.optics.psf_model import total_blur_px
 
     recording = open_recording(str(real))
     preprocessing = Preprocessing()
@@ -480,6 +481,7 @@ def compare_real(models: list[dict[str, Any]], real: Path, out: Path) -> list[di
             xyz.append(xyz_um)
             blur = model["module"].hparams.simulation.get("blur_sigma_px")
             blur = None if blur is None else float(np.mean(blur))
+            blur = total_blur_px(model["module"].psf.blur_sigma_px, blur)  # with the PSF model's own
             pupil = model["module"].simulator.pupil.cpu()
             rows.append(
                 {"frame": index + 1, "label": model["label"], **explain_frame(pupil, frame, xyz_um, blur)}

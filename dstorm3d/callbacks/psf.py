@@ -14,6 +14,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 
 from dstorm3d.callbacks.media import log_animation, log_images
+from dstorm3d.optics.psf_model import blur_images
 from dstorm3d.utils.tiff import write_psf_zstack
 from dstorm3d.visualization import (
     figure_rgb,
@@ -61,13 +62,10 @@ class PhaseMaskLogger(pl.Callback):
         step = trainer.global_step
         mask = module.phase_mask().detach().double().cpu().numpy()
         z = np.linspace(*setup.z_range_um, self.z_slices)
-        with torch.no_grad():
-            stack = (
-                pupil.psf_zstack(z, min(self.window, setup.pupil_grid), phase_mask=module.phase_mask())
-                .float()
-                .cpu()
-                .numpy()
-            )
+        window = min(self.window, setup.pupil_grid)
+        with torch.no_grad():  # the PSF model's own blur applied, as in the simulator
+            stack = pupil.psf_zstack(z, window, phase_mask=module.phase_mask())
+            stack = blur_images(stack, module.psf.blur_sigma_px).float().cpu().numpy()
         mask_rgb = figure_rgb(phase_mask_figure(mask, setup, title=f"phase mask, step {step}"))
         montage = figure_rgb(
             psf_montage_figure(stack, z, setup.pixel_size_um, title=f"PSF z-stack per photon, step {step}")

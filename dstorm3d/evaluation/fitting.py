@@ -18,6 +18,10 @@
 * :func:`matching_pursuit` is the paper's MP comparison (Fig. 2, Supplementary Note 7): greedy
   fit-and-subtract until the likelihood ratio of the next emitter falls below a threshold.
 
+Every public function takes the PSF as a :class:`~dstorm3d.optics.psf_model.PSFModel` (evaluated on the
+CPU; its own blur combines in quadrature with ``blur_sigma_px``) or as a bare
+:class:`~dstorm3d.optics.pupil.PupilModel` renderer (on its device; ``blur_sigma_px`` is then the only blur).
+
 Conventions as everywhere in dstorm3d: positions in µm from the top-left corner of pixel (0, 0) (x along
 columns, y along rows), z above the coverslip; frames, background and offsets in photons per pixel
 (after camera preprocessing); photons = an emitter's signal over the whole image plane.
@@ -37,6 +41,7 @@ from torch import Tensor
 
 from ..emitters import Emitters
 from ..optics.crlb import psf_with_derivatives
+from ..optics.psf_model import PSFModel, renderer
 from ..optics.pupil import PupilModel
 from ..optics.render import filter_patches, intensity_filter, render_frames
 
@@ -109,11 +114,11 @@ class _Groups:
 
 # ---------------------------------------------------------------------------------------------- helpers
 def pupil_with_dtype(pupil: PupilModel, dtype: torch.dtype) -> PupilModel:
-    """``pupil`` itself if its buffers have ``dtype``, else a fixed-mask copy in ``dtype`` on its device."""
+    """``pupil`` itself if its buffers have ``dtype``, else a fixed-mask copy in ``dtype`` on its device
+    (its pupil amplitude kept)."""
     if pupil.kappa.dtype == dtype:
         return pupil
-    mask = pupil.phase_mask.detach().cpu().to(dtype)
-    return PupilModel(pupil.setup, mask, dtype=dtype).to(pupil.kappa.device)
+    return pupil.fixed_copy(dtype)
 
 
 def _as_frames(frames: Tensor | np.ndarray, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -570,7 +575,7 @@ def _fisher_std(fisher: Tensor, free: Tensor) -> Tensor:
 
 
 def fit_emitters(
-    pupil: PupilModel,
+    pupil: PSFModel | PupilModel,
     frames: Tensor | np.ndarray,
     initial: Emitters | Sequence[np.ndarray | Tensor],
     background: FrameMap = None,
@@ -587,7 +592,7 @@ def fit_emitters(
     """Poisson maximum-likelihood estimates of (x, y, z, photons, background) for every emitter.
 
     Args:
-        pupil: microscope and phase mask (used as a fixed-mask copy in ``dtype``).
+        pupil: the PSF model or pupil (used as a fixed-mask copy in ``dtype``; see the module docstring).
         frames: ``(B, H, W)`` or ``(H, W)`` photons per pixel.
         initial: starting points: :class:`Emitters` ``(B, M)`` (positions µm; photons NaN or ≤ 0 =
             unknown), or per-frame arrays ``(n_i, 3)`` x, y, z (µm) or ``(n_i, 4)`` with photons. Each
@@ -607,6 +612,7 @@ def fit_emitters(
     Returns:
         :class:`FitResult` in the layout ``(B, M)`` of ``initial``; padding entries are passed through.
     """
+    pupil, blur_sigma_px = renderer(pupil, dtype, blur_sigma_px)
     device = pupil.kappa.device
     model_pupil = pupil_with_dtype(pupil, dtype)
     pupil.setup.check_window(window)
@@ -670,7 +676,7 @@ class PsfZStack:
     then compared with every ``z_step_um`` slice and the neighbouring pixels, which gives z and x/y.
 
     Args:
-        pupil: microscope and mask.
+        pupil: the PSF model or pupil (see the module docstring).
         window: template side in pixels (the emitter sits at the centre of pixel ``(P//2, P//2)``).
         z_step_um: fine slice spacing; slices span ``z_range_um`` (default: the setup's range) inclusive.
         search_z_step_um: slice spacing of the whole-frame correlation (rounded to a multiple of z_step_um).
@@ -680,7 +686,7 @@ class PsfZStack:
 
     def __init__(
         self,
-        pupil: PupilModel,
+        pupil: PSFModel | PupilModel,
         window: int = 31,
         z_step_um: float = 0.1,
         search_z_step_um: float = 0.2,
@@ -689,6 +695,7 @@ class PsfZStack:
         pixel_integration: bool = False,
         dtype: torch.dtype = torch.float32,
     ) -> None:
+        pupil, blur_sigma_px = renderer(pupil, torch.float64, blur_sigma_px)
         pupil.setup.check_window(window)
         model = pupil_with_dtype(pupil, torch.float64)
         z0, z1 = z_range_um or pupil.setup.z_range_um
@@ -882,7 +889,7 @@ def _fast_size(n: int) -> int:
 
 
 def initial_guesses(
-    pupil: PupilModel,
+    pupil: PSFModel | PupilModel,
     frames: Tensor | np.ndarray,
     max_emitters: int = 1,
     window: int = 31,
@@ -897,7 +904,7 @@ def initial_guesses(
     """Starting points for :func:`fit_emitters` without a network: NCC peaks with a PSF z-stack.
 
     Args:
-        pupil: microscope and mask.
+        pupil: the PSF model or pupil (see the module docstring).
         frames: ``(B, H, W)`` or ``(H, W)`` photons per pixel.
         max_emitters: peaks per frame at most.
         window, z_step_um, search_z_step_um: template size (pixels) and slice spacings (µm) of the z-stack
@@ -923,7 +930,7 @@ def initial_guesses(
 
 # ------------------------------------------------------------------------------------------ matching pursuit
 def matching_pursuit(
-    pupil: PupilModel,
+    pupil: PSFModel | PupilModel,
     frames: Tensor | np.ndarray,
     max_emitters: int,
     window: int = 31,
@@ -949,7 +956,7 @@ def matching_pursuit(
     then refitted jointly (overlapping windows together).
 
     Args:
-        pupil: microscope and mask.
+        pupil: the PSF model or pupil (see the module docstring).
         frames: ``(B, H, W)`` or ``(H, W)`` photons per pixel.
         max_emitters: emitters per frame at most.
         window: fit and template window (pixels).
@@ -965,6 +972,7 @@ def matching_pursuit(
     Returns:
         :class:`Emitters` ``(B, max_emitters)``; ``score`` = log-likelihood ratio of each emitter.
     """
+    pupil, blur_sigma_px = renderer(pupil, dtype, blur_sigma_px)
     device = pupil.kappa.device
     model_pupil = pupil_with_dtype(pupil, dtype)
     data = _as_frames(frames, dtype, device)

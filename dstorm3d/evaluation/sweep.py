@@ -20,7 +20,11 @@ Test sets, exactly:
   frame depends on nothing else — not the batch size, not the number of frames, not the other points —
   the emitter positions are the same in every condition, and checkpoints with the same frame size and
   axial range see the same emitters (with the same noise streams). Checkpoints that also share the
-  physics (setup, mask, blur, rendering) share the very same frames, which are simulated once.
+  physics (PSF model, blur, rendering) share the very same frames, which are simulated once.
+* The PSF is each checkpoint's PSF model (its setup with ``optics`` changes, its current phase mask, its
+  pupil amplitude and blur), or with ``optics.pupil=<file.npz>`` the model of that calibration file (the
+  microscope the network is tested on; its pixel size must be the checkpoint's). Test frames, matching
+  pursuit and the CRLB use it; the network stays as trained.
 * Frames are rendered one at a time on the CPU in float32 (deterministic); the network (and MP) run on
   ``device``. On a GPU, cuDNN may pick other convolution algorithms for other batch sizes; on the CPU the
   results are bitwise independent of ``batch_size``.
@@ -48,6 +52,7 @@ from dstorm3d.emitters import Emitters
 from dstorm3d.metrics.localization import JaccardRMSE, per_frame_scores
 from dstorm3d.metrics.matching import ALPHA_AXIAL, ALPHA_LATERAL, efficiency, match_frame
 from dstorm3d.optics.crlb import crlb
+from dstorm3d.optics.psf_model import PSF_FILE_SUFFIX, PSFModel, load_psf, total_blur_px
 from dstorm3d.optics.pupil import PupilModel
 from dstorm3d.optics.setup import OpticalSetup
 from dstorm3d.simulation.background import background_from_config
@@ -55,7 +60,7 @@ from dstorm3d.simulation.camera import ReadoutCamera, camera_from_config
 from dstorm3d.simulation.sampling import EmitterSampler
 from dstorm3d.simulation.simulator import FrameSimulator, batch_emitters, collate_samples, stream_seed
 from dstorm3d.utils.cli import UserInputError
-from dstorm3d.utils.validate import is_number, number
+from dstorm3d.utils.validate import existing_file, is_number, number
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +247,7 @@ class SweepSettings:
     frame_shape: tuple[int, int] | None = None
     blur_sigma_px: Any = "checkpoint"
     optics_changes: Mapping[str, Any] = field(default_factory=dict)
+    pupil: str | None = None
     emitters: Mapping[str, Any] = field(default_factory=dict)
     matching_nm: float = 150.0
     z_bins: int = 8
@@ -261,7 +267,7 @@ class SweepSettings:
             "conditions": [c.to_dict() for c in self.conditions],
             "frame_shape": None if self.frame_shape is None else list(self.frame_shape),
             "blur_sigma_px": self.blur_sigma_px,
-            "optics": dict(self.optics_changes),
+            "optics": {**dict(self.optics_changes), **({"pupil": self.pupil} if self.pupil else {})},
             "emitters": dict(self.emitters),
             "matching_nm": self.matching_nm,
             "z_bins": self.z_bins,
@@ -277,14 +283,22 @@ class SweepSettings:
 # ---------------------------------------------------------------------------------------------- physics
 @dataclass(frozen=True, eq=False)
 class Physics:
-    """What turns emitter lists into expected images for one checkpoint: setup, mask, frame, blur."""
+    """What turns emitter lists into expected images for one checkpoint: PSF model, frame, blur."""
 
-    setup: OpticalSetup
-    phase_mask: Tensor  # (N, N) rad, float32, CPU
+    psf: PSFModel
     frame_shape: tuple[int, int]
-    blur_sigma_px: tuple[float, float] | None
+    blur_sigma_px: tuple[float, float] | None  # the test sets' per-emitter blur (beyond the PSF's own)
     pixel_integration: bool
     render_window: int | None
+
+    @property
+    def setup(self) -> OpticalSetup:
+        return self.psf.setup
+
+    @property
+    def phase_mask(self) -> Tensor:
+        """``(N, N)`` pupil phase (rad), float32, CPU."""
+        return torch.as_tensor(self.psf.phase, dtype=torch.float32)
 
     @cached_property
     def key(self) -> str:
@@ -297,14 +311,21 @@ class Physics:
             "pixel_integration": self.pixel_integration,
             "render_window": self.render_window,
         }
+        amplitude = getattr(self.psf, "amplitude", None)
+        if self.psf.blur_sigma_px:  # (absent for models without these: their keys stay as they were)
+            description["psf_blur_sigma_px"] = self.psf.blur_sigma_px
         digest.update(json.dumps(description, sort_keys=True).encode())
         digest.update(self.phase_mask.numpy().astype(np.float32).tobytes())
+        if amplitude is not None:
+            digest.update(np.asarray(amplitude, dtype=np.float32).tobytes())
         return digest.hexdigest()
 
     @property
     def blur_centre_px(self) -> float | None:
-        """The one blur σ (pixels) MP and the CRLB model: the middle of the test sets' range."""
-        return None if self.blur_sigma_px is None else 0.5 * (self.blur_sigma_px[0] + self.blur_sigma_px[1])
+        """The one blur σ (pixels) MP and the CRLB model: the middle of the test sets' range, combined in
+        quadrature with the PSF model's own blur (``None``: no blur)."""
+        centre = None if self.blur_sigma_px is None else 0.5 * (self.blur_sigma_px[0] + self.blur_sigma_px[1])
+        return total_blur_px(self.psf.blur_sigma_px, centre)
 
     def simulator(self, camera: Mapping[str, Any]) -> FrameSimulator:
         simulation = {
@@ -313,15 +334,17 @@ class Physics:
             "pixel_integration": self.pixel_integration,
             "render_window": self.render_window,
         }
-        return FrameSimulator(self.setup, self.phase_mask, simulation)
+        return FrameSimulator(self.psf, simulation)
 
     def pupil(self, dtype: torch.dtype = torch.float64) -> PupilModel:
-        return PupilModel(self.setup, self.phase_mask, dtype=dtype)
+        """The PSF model's pupil renderer (its blur: :attr:`blur_centre_px`)."""
+        return self.psf.pupil_model(dtype)
 
     def describe(self) -> dict[str, Any]:
         return {
             "key": self.key,
             "setup": self.setup.to_dict(),
+            "psf": self.psf.describe(),
             "frame_shape": list(self.frame_shape),
             "blur_sigma_px": None if self.blur_sigma_px is None else list(self.blur_sigma_px),
             "pixel_integration": self.pixel_integration,
@@ -343,18 +366,20 @@ def _blur_range(value: Any) -> tuple[float, float] | None:
 
 
 def checkpoint_physics(module: Any, settings: SweepSettings) -> Physics:
-    """The physics of a checkpoint's test sets: its setup (with ``settings.optics_changes``), its current
-    phase mask (``module.phase_mask()``, learned masks included), its training frame size (121 × 121 when
-    unknown) unless ``settings.frame_shape`` is given, and its simulation's blur unless overridden."""
+    """The physics of a checkpoint's test sets: its PSF model (``module.psf_model()``, learned masks
+    included; or the model of ``settings.pupil``, see :func:`file_psf`) with ``settings.optics_changes``
+    to its setup, its training frame size (121 × 121 when unknown) unless ``settings.frame_shape`` is given,
+    and its simulation's blur unless overridden."""
     simulation = dict(module.hparams.simulation)
-    setup = module.optical_setup
+    psf = module.psf_model() if settings.pupil is None else file_psf(settings.pupil, module.optical_setup)
+    setup = psf.setup
     if settings.optics_changes:
         changes = {
             k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in settings.optics_changes.items()
         }
         if "pupil_grid" in changes and int(changes["pupil_grid"]) != setup.pupil_grid:
             raise UserInputError(
-                "optics.pupil_grid cannot change: the checkpoint's phase mask is drawn for "
+                "optics.pupil_grid cannot change: the PSF model's pupil phase is drawn for "
                 f"{setup.pupil_grid}² pupil samples"
             )
         try:
@@ -367,18 +392,32 @@ def checkpoint_physics(module: Any, settings: SweepSettings) -> Physics:
     )
     render_window = simulation.get("render_window")
     pixel_integration = bool(simulation.get("pixel_integration", False))
-    filtering = blur is not None or pixel_integration
+    filtering = blur is not None or pixel_integration or psf.blur_sigma_px > 0
     if render_window is None and max(frame_shape) + (16 if filtering else 0) > setup.pupil_grid:
         render_window = setup.pupil_grid  # one whole DFT period around each emitter: nothing is dropped
-    mask = module.phase_mask().detach().to("cpu", torch.float32).clone()
+    # the phase in float32, as the simulator renders it (test sets shared by bit-identical models)
+    phase = np.asarray(psf.phase, dtype=np.float32).astype(np.float64)
     return Physics(
-        setup,
-        mask,
+        psf.replace(setup=setup, phase=phase),
         (int(frame_shape[0]), int(frame_shape[1])),
         _blur_range(blur),
         pixel_integration,
         None if render_window is None else int(render_window),
     )
+
+
+def file_psf(path: str, trained: OpticalSetup) -> PSFModel:
+    """The PSF model of a calibration file, tested with a network trained for ``trained``: the file's
+    setup with the trained axial range; a pixel size other than the trained one is refused (the network's
+    pixel grid is fixed)."""
+    psf, _ = load_psf(path)
+    pixel, ours = psf.setup.pixel_size_um, trained.pixel_size_um
+    if abs(pixel - ours) > 1e-6 * ours:
+        raise UserInputError(
+            f"optics.pupil={path} has {pixel * 1e3:.2f} nm pixels at the sample, the checkpoint was trained "
+            f"for {ours * 1e3:.2f} nm: test a checkpoint trained for this camera"
+        )
+    return psf.replace(setup=psf.setup.replace(z_range_um=trained.z_range_um))
 
 
 # ---------------------------------------------------------------------------------------------- test sets
@@ -937,6 +976,10 @@ def settings_from_config(cfg: DictConfig) -> SweepSettings:
         _optional_int(cfg, key)
         if cfg.get(key) is None:
             raise UserInputError(f"{key} must be an integer ≥ 1")
+    optics_changes = OmegaConf.to_container(cfg.optics, resolve=True) if cfg.get("optics") else {}
+    pupil = existing_file(
+        "optics.pupil", optics_changes.pop("pupil", None), (PSF_FILE_SUFFIX,), allow_none=True
+    )
     return SweepSettings(
         counts=tuple(int(c) for c in counts),
         frames=int(cfg.frames),
@@ -945,7 +988,8 @@ def settings_from_config(cfg: DictConfig) -> SweepSettings:
         conditions=conditions,
         frame_shape=frame_shape,
         blur_sigma_px=blur,
-        optics_changes=OmegaConf.to_container(cfg.optics, resolve=True) if cfg.get("optics") else {},
+        optics_changes=optics_changes,
+        pupil=None if pupil is None else str(pupil),
         emitters=emitters,
         matching_nm=number("matching_nm", cfg.matching_nm, above=0.0, example=150),
         z_bins=int(cfg.z_bins),

@@ -113,14 +113,17 @@ def overlay_frames(
     count: int,
     folder: Path,
 ) -> list[str]:
-    """Re-render the first ``count`` frames from their localizations with the physical model: each
-    localization's brightness and a background level are fitted to the frame (non-negative least squares)."""
+    """Re-render the first ``count`` frames from their localizations with the physical model (the
+    checkpoint's PSF model, its blur combined with a 1-pixel one): each localization's brightness and a
+    background level are fitted to the frame (non-negative least squares)."""
     from scipy.optimize import nnls
 
+    from dstorm3d.optics.psf_model import total_blur_px
     from dstorm3d.optics.render import render_frames
 
     names = []
     pupil = module.simulator.pupil
+    blur = total_blur_px(module.psf.blur_sigma_px, 1.0)
     setup = module.optical_setup
     window = min(setup.pupil_grid, 96)
     for index in range(min(count, len(recording))):
@@ -141,7 +144,7 @@ def overlay_frames(
                     1,
                     frame.shape,
                     window=window,
-                    blur_sigma_px=1.0,
+                    blur_sigma_px=blur,
                 )
                 columns.append(psf[0].double().numpy().ravel())
         design = np.stack([*columns, np.ones(frame.size)], axis=1)

@@ -7,8 +7,12 @@ threshold that maximises the Jaccard index on the fixed validation set and store
 
 Checkpoints are self-contained: the optical setup, simulation, normalisation, network and head settings
 are plain hyperparameters; the phase mask and the threshold are tensors in the state dict (the mask
-spec is rewritten to ``"checkpoint"`` on save). ``LocalizerModule.load_from_checkpoint(path)`` alone
-rebuilds a model that can localize.
+spec is rewritten to ``"checkpoint"`` on save). The PSF model (:mod:`dstorm3d.optics.psf_model`: setup,
+pupil phase — the current, learned one —, pupil amplitude, blur) is the hyperparameter ``psf``, plain
+data (``PSFModel.to_dict()``), and ``optics`` holds its resolved setup.
+``LocalizerModule.load_from_checkpoint(path)`` alone rebuilds a model that can localize. Checkpoints
+written before the PSF model (no ``psf``) load as the scalar pupil of their setup with the state dict's
+mask.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from dstorm3d.models.network import build_localization_net
 from dstorm3d.models.tiling import localize_frames
 from dstorm3d.modules.readouts import build_readout, detach_output, keep_above, network_kwargs
 from dstorm3d.normalization import FrameNormalization
-from dstorm3d.optics.config import mask_from_config, setup_from_config
+from dstorm3d.optics.config import psf_from_config, setup_from_config
+from dstorm3d.optics.psf_model import PSFModel, ScalarPupilPSF, psf_from_dict
 from dstorm3d.simulation.simulator import FrameSimulator, batch_emitters, batch_generator
 from dstorm3d.utils.config import plain
 
@@ -53,6 +58,8 @@ class SimulatedLocalizationModule(pl.LightningModule):
         train_metrics_every_n_steps: decode and score a training batch this often (0 = never).
         example_frames: validation frames kept for the example-image callback.
         mask_source: where the mask came from (kept for the record when the mask moves into checkpoints).
+        psf: the PSF model as plain data (``PSFModel.to_dict()``, written into checkpoints); ``None``
+            builds it from ``optics`` (:func:`~dstorm3d.optics.config.psf_from_config`).
     """
 
     learnable_mask = False
@@ -71,6 +78,7 @@ class SimulatedLocalizationModule(pl.LightningModule):
         train_metrics_every_n_steps: int = 50,
         example_frames: int = 4,
         mask_source: str | None = None,
+        psf: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         optics = plain(optics)
@@ -88,20 +96,14 @@ class SimulatedLocalizationModule(pl.LightningModule):
                     seed=seed,
                     train_metrics_every_n_steps=train_metrics_every_n_steps,
                     example_frames=example_frames,
-                    mask_source=mask_source or str(optics.get("mask")),
+                    mask_source=mask_source or _pupil_source(optics),
                 )
             )
         )
         hp = self.hparams
-        self.optical_setup = setup_from_config(hp.optics)
-        mask = (
-            None
-            if hp.optics.get("mask") == CHECKPOINT_MASK
-            else mask_from_config(hp.optics, self.optical_setup)
-        )
-        self.simulator = FrameSimulator(
-            self.optical_setup, mask, hp.simulation, learnable_mask=self.learnable_mask
-        )
+        self.psf = module_psf(hp.optics, hp.simulation, psf, hp.mask_source)
+        self.optical_setup = self.psf.setup
+        self.simulator = FrameSimulator(self.psf, hp.simulation, learnable_mask=self.learnable_mask)
         self.normalization = FrameNormalization.from_dict(hp.normalization)
         self.net = build_localization_net(**dict(hp.network), **network_kwargs(hp.head))
         self.readout = build_readout(self.optical_setup, hp.head)
@@ -119,6 +121,10 @@ class SimulatedLocalizationModule(pl.LightningModule):
     def phase_mask(self) -> Tensor:
         """The ``(N, N)`` phase mask (rad) the frames are rendered with."""
         return self.simulator.pupil.phase_mask
+
+    def psf_model(self) -> PSFModel:
+        """The PSF model the frames are rendered with, its pupil phase the current :meth:`phase_mask`."""
+        return self.psf.replace(phase=self.phase_mask().detach().double().cpu().numpy())
 
     def simulate(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> Tensor:
         """Camera frames ``(B, H, W)`` (counts) of a batch of emitter lists."""
@@ -304,14 +310,45 @@ class SimulatedLocalizationModule(pl.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         hparams = copy.deepcopy(dict(checkpoint.get("hyper_parameters", self.hparams)))
-        hparams["optics"] = dict(hparams["optics"])
-        hparams["optics"]["mask"] = CHECKPOINT_MASK
+        psf = self.psf_model()
+        hparams["optics"] = {**psf.setup.to_dict(), "mask": CHECKPOINT_MASK}
+        hparams["psf"] = psf.to_dict()
         checkpoint["hyper_parameters"] = plain(hparams)
         checkpoint["dstorm3d"] = {
             "kind": type(self).__name__,
             "head": self.hparams.head["kind"],
             "frame_shape": list(self.simulator.frame_shape),
         }
+
+
+def render_window_px(simulation: Mapping[str, Any]) -> int:
+    """The largest pixel grid a simulation renders in one piece: its render window, or its whole frame
+    plus the filter margins (8 px a side)."""
+    window = simulation.get("render_window")
+    if window is not None:
+        return int(window)
+    return max(int(v) for v in simulation["frame_shape"]) + 16
+
+
+def module_psf(
+    optics: Mapping[str, Any],
+    simulation: Mapping[str, Any],
+    psf: Mapping[str, Any] | None,
+    mask_source: str | None,
+) -> PSFModel:
+    """A module's PSF model: from its ``psf`` hyperparameter (checkpoints), else from ``optics``; a
+    checkpoint written before the PSF model (``optics.mask == "checkpoint"``, no ``psf``) gets the scalar
+    pupil of its setup, whose mask the state dict then fills in."""
+    if psf is not None:
+        return psf_from_dict(dict(psf))
+    if optics.get("mask") == CHECKPOINT_MASK:
+        return ScalarPupilPSF(setup_from_config(optics), label=str(mask_source or CHECKPOINT_MASK))
+    return psf_from_config(optics, render_window_px(simulation))
+
+
+def _pupil_source(optics: Mapping[str, Any]) -> str:
+    """Where an ``optics`` config's pupil comes from, for the record: its pupil file or its mask."""
+    return str(optics.get("pupil") or optics.get("mask"))
 
 
 def cosine_factor(step: int, total: int, warmup: int, floor: float) -> float:

@@ -48,16 +48,22 @@ def setup_keys() -> tuple[str, ...]:
     return (*OpticalSetup.__dataclass_fields__, "pixel_size_um")
 
 
-def check_optics(config: Mapping[str, Any]) -> dict[str, Any]:
+def check_optics(config: Mapping[str, Any], require_pupil_source: bool = True) -> dict[str, Any]:
     """The ``optics`` config as a plain dict, its keys and pupil source checked before anything is read
     (one-line :class:`~dstorm3d.errors.UserInputError`s): known keys only; ``pupil`` null or an existing
-    ``.npz`` file; with ``pupil``, no mask file and no mask-reading options. (The setup's numbers are
-    checked by :class:`OpticalSetup`, the mask by :func:`psf_from_config`.)"""
+    ``.npz`` file; without ``pupil`` a ``mask`` (unless ``require_pupil_source`` is false: the setup
+    alone is wanted); with ``pupil``, no mask file and no mask-reading options. (The setup's numbers are
+    checked by :class:`OpticalSetup`, a mask file when it is read.)"""
     optics = mapping("optics", config, known=(*setup_keys(), *MASK_KEYS))
     pupil = existing_file("optics.pupil", optics.get("pupil"), (PSF_FILE_SUFFIX,), allow_none=True)
     flag("optics.resample_mask", optics.get("resample_mask", False))
     mask = optics.get("mask")
     if pupil is None:
+        if require_pupil_source and (not isinstance(mask, str) or not mask):
+            raise SetupError(
+                f"optics.mask={mask!r}: give tetrapod, clear or a mask file path, or a PSF calibration "
+                "file optics.pupil=<file.npz>"
+            )
         return optics
     if mask is not None and mask not in BUILTIN_MASKS:
         raise SetupError(
@@ -76,7 +82,7 @@ def setup_from_config(config: Mapping[str, Any], window_px: int | None = None) -
     """The :class:`OpticalSetup` of an ``optics`` config (with ``pupil``: the file's, see the module
     docstring). ``window_px``: the largest pixel grid the caller renders in one piece, which an automatic
     pupil grid (no 4f system, ``pupil_grid`` null) must hold (:func:`automatic_pupil_grid`)."""
-    optics = check_optics(config)
+    optics = check_optics(config, require_pupil_source=False)
     if optics.get("pupil") is not None:
         return psf_from_config(optics, window_px).setup
     fields = {k: v for k, v in optics.items() if k not in MASK_KEYS}
@@ -110,11 +116,7 @@ def psf_from_config(config: Mapping[str, Any], window_px: int | None = None) -> 
     pupil = optics.get("pupil")
     if pupil is None:
         setup = setup_from_config(optics, window_px)
-        spec = optics.get("mask")
-        if not isinstance(spec, str) or not spec:
-            raise SetupError(
-                f"optics.mask={spec!r}: give tetrapod, clear or a mask file path (or optics.pupil=<file.npz>)"
-            )
+        spec = str(optics["mask"])
         label = spec if spec in BUILTIN_MASKS else Path(spec).name
         return ScalarPupilPSF(setup, mask_from_config(optics, setup), label=label)
     model, _ = load_psf(Path(pupil).expanduser())

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .psf_model import PSFModel, renderer
 from .pupil import PupilModel
 from .render import filter_patches, intensity_filter
 
@@ -73,7 +74,7 @@ def fisher_information(h: Tensor, dh: Tensor, photons: float, background: float)
 
 
 def crlb(
-    pupil: PupilModel,
+    model: PSFModel | PupilModel,
     z_um: np.ndarray | Tensor,
     photons: float,
     background: float,
@@ -85,25 +86,27 @@ def crlb(
     """Precision bounds per depth for an emitter at a pixel centre.
 
     Args:
-        pupil: microscope and mask.
+        model: the PSF model (its blur included; evaluated on the CPU), or a bare pupil (on its device).
         z_um: ``(Z,)`` depths above the coverslip.
         photons: signal photons per emitter; background: photons per pixel.
         window: side of the pixel window summed over (default: the DFT period N, i.e. everything).
         emccd: include the EMCCD excess-noise factor (variance × 2).
+        blur_sigma_px: a blur beyond the model's own (σ in pixels; the two combine in quadrature).
+        pixel_integration: average the intensity over each pixel's area.
     Returns:
         ``{"x_nm", "y_nm", "z_nm": (Z,), "photons": (Z,), "background": (Z,)}`` standard deviations.
     """
-    window = window or pupil.setup.pupil_grid
     dtype = torch.float64
+    pupil, blur = renderer(model, dtype, blur_sigma_px)
+    window = window or pupil.setup.pupil_grid
     z = torch.as_tensor(np.asarray(z_um, dtype=np.float64), dtype=dtype, device=pupil.kappa.device).reshape(
         -1
     )
     centre = (window // 2 + 0.5) * pupil.setup.pixel_size_um
     xyz = torch.stack([torch.full_like(z, centre), torch.full_like(z, centre), z], dim=1)
     corner = torch.zeros(2, dtype=torch.long)
-    model = pupil if pupil.kappa.dtype == dtype else _as_float64(pupil)
     with torch.no_grad():
-        h, dh = psf_with_derivatives(model, xyz, corner, (window, window), blur_sigma_px, pixel_integration)
+        h, dh = psf_with_derivatives(pupil, xyz, corner, (window, window), blur, pixel_integration)
         info = fisher_information(h, dh, photons, background)
         if emccd:
             info = info / 2.0
@@ -116,9 +119,3 @@ def crlb(
         "photons": std[:, 3],
         "background": std[:, 4],
     }
-
-
-def _as_float64(pupil: PupilModel) -> PupilModel:
-    return PupilModel(pupil.setup, pupil.phase_mask.detach().double().cpu(), dtype=torch.float64).to(
-        pupil.kappa.device
-    )

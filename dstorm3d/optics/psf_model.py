@@ -56,6 +56,10 @@ class PSFModel(ABC):
     def to_dict(self) -> dict[str, Any]:
         """Plain data (numbers, strings, nested lists) from which :func:`psf_from_dict` rebuilds the model."""
 
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """A short JSON-able record of the model for reports (no arrays)."""
+
     def zstack(self, z_um: np.ndarray | Tensor, window: int, dtype: torch.dtype = torch.float64) -> Tensor:
         """``(Z, P, P)`` PSFs per photon of an emitter at the centre of pixel ``(P//2, P//2)``, blurred."""
         pupil = self.pupil_model(dtype)

@@ -3,16 +3,22 @@
     python -m dstorm3d.optics.show optics=storm
     python -m dstorm3d.optics.show optics=storm_printed show.emccd=true show.photons=5000 show.background=50
     python -m dstorm3d.optics.show optics=storm optics.mask=/path/to/mask.npy
+    python -m dstorm3d.optics.show optics=calibrated optics.pupil=/path/to/calibration.npz
 
 Writes into the Hydra run folder (settings in ``configs/show.yaml``):
+
+The PSF is the config's PSF model (:func:`~dstorm3d.optics.config.psf_from_config`): the setup's scalar
+pupil with ``optics.mask``, or the calibrated model of ``optics.pupil`` (its pupil amplitude and blur
+included).
 
 * ``psf_zstack.tif``: float32 ``(Z, P, P)`` PSFs per photon (one DFT period sums to 1) of an emitter at
   the centre of pixel ``(P//2, P//2)``, an ImageJ z-stack calibrated in µm (pixel at the sample, slice
   spacing); its ImageJ Info property is JSON with ``z_um``, the pixel size and the setup.
 * ``psf_montage.png``: the slices in a grid, each titled with its z, with a scale bar and a colour bar.
-* ``phase_mask.png``: the mask's wrapped phase (rad) inside the aperture.
+* ``phase_mask.png``: the pupil phase (the mask's, or the calibrated one) wrapped, inside the aperture.
 * ``crlb.csv`` / ``crlb.png``: Cramér–Rao bounds of x, y, z (nm) against z.
-* ``summary.json``: the setup, the mask's source, the mean bounds and the window's photon fraction.
+* ``summary.json``: the setup, the mask's (or pupil file's) source, the PSF model, the mean bounds and the
+  window's photon fraction.
 
 Everything is computed before the first file is written; a setup, mask or setting that cannot be used
 ends the run with one line on stderr and exit code 2, and writes none of these files.
@@ -35,10 +41,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from dstorm3d.errors import UserInputError
-from dstorm3d.optics.config import mask_from_config, setup_from_config
+from dstorm3d.optics.config import psf_from_config
 from dstorm3d.optics.crlb import crlb
 from dstorm3d.optics.masks import BUILTIN_MASKS
-from dstorm3d.optics.pupil import PupilModel
+from dstorm3d.optics.psf_model import PSFModel
 from dstorm3d.optics.setup import OpticalSetup
 from dstorm3d.utils.cli import exit_on_bad_overrides, run_or_exit
 from dstorm3d.utils.files import atomic_write
@@ -89,7 +95,10 @@ class ShowSettings:
 
 
 def describe_mask_source(optics: Mapping[str, Any]) -> dict[str, Any]:
-    """Where the mask came from: a built-in name or a resolved file path (with its loading options)."""
+    """Where the mask came from: a built-in name or a resolved file path (with its loading options), or
+    the PSF calibration file (``optics.pupil``) that replaces it."""
+    if optics.get("pupil") is not None:
+        return {"kind": "pupil file", "path": str(Path(str(optics["pupil"])).expanduser().resolve())}
     spec = str(optics.get("mask"))
     if spec in BUILTIN_MASKS:
         return {"kind": "built-in", "name": spec}
@@ -107,7 +116,8 @@ class SetupView:
     """Everything the files show, computed before any of them is written."""
 
     setup: OpticalSetup
-    mask: np.ndarray  # (N, N) rad
+    psf_model: PSFModel
+    mask: np.ndarray  # (N, N) rad: the pupil phase
     mask_source: dict[str, Any]
     settings: ShowSettings
     z_um: np.ndarray  # (Z,) PSF slices
@@ -122,20 +132,19 @@ class SetupView:
 
 
 def compute_view(optics: Mapping[str, Any], settings: ShowSettings) -> SetupView:
-    """Build the setup and mask from the ``optics`` config and evaluate PSFs and bounds (float64)."""
-    setup = setup_from_config(optics)
+    """Build the PSF model from the ``optics`` config and evaluate PSFs and bounds (float64)."""
+    model = psf_from_config(optics, max(settings.window_px, settings.crlb_window_px or 0))
+    setup = model.setup
     setup.check_window(settings.window_px)
     if settings.crlb_window_px is not None:
         setup.check_window(settings.crlb_window_px)
-    mask = mask_from_config(optics, setup)
-    pupil = PupilModel(setup, mask, dtype=torch.float64)
     z0, z1 = setup.z_range_um
     z_um = np.linspace(z0, z1, settings.z_slices)
     crlb_z_um = np.linspace(z0, z1, settings.crlb_z_points)
     with torch.no_grad():
-        psf = pupil.psf_zstack(z_um, settings.window_px).numpy().astype(np.float32)
+        psf = model.zstack(z_um, settings.window_px).numpy().astype(np.float32)
     bounds = crlb(
-        pupil,
+        model,
         crlb_z_um,
         photons=settings.photons,
         background=settings.background,
@@ -144,7 +153,8 @@ def compute_view(optics: Mapping[str, Any], settings: ShowSettings) -> SetupView
     )
     return SetupView(
         setup=setup,
-        mask=mask,
+        psf_model=model,
+        mask=np.asarray(model.phase),
         mask_source=describe_mask_source(optics),
         settings=settings,
         z_um=z_um,
@@ -234,6 +244,7 @@ def summary(view: SetupView) -> dict[str, Any]:
     return {
         "setup": view.setup.to_dict(),
         "mask": view.mask_source,
+        "psf_model": view.psf_model.describe(),
         "psf": {
             "z_um": [round(float(z), 6) for z in view.z_um],
             "window_px": settings.window_px,

@@ -12,7 +12,9 @@ The ``simulation`` config (plain data, stored in checkpoints)::
                                         # label_min_photons, min_distance_um, margin_px, max_emitters
     background: {kind: ..., ...}        # dstorm3d.simulation.background (photons/px)
     camera: {kind: ..., ...}            # dstorm3d.simulation.camera
-    blur_sigma_px: [lo, hi] | null      # per-emitter Gaussian blur σ, uniform in [lo, hi] (pixels)
+    blur_sigma_px: [lo, hi] | null      # per-emitter Gaussian blur σ, uniform in [lo, hi] (pixels); it
+                                        # combines with the PSF model's own blur σ_psf in quadrature:
+                                        # each emitter is blurred by √(σ_psf² + σ²)
     pixel_integration: false            # average intensity over the pixel area
     render_window: null | P             # null: exact whole-frame rendering; P: P×P window per emitter
 """
@@ -29,7 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from dstorm3d.emitters import Emitters
-from dstorm3d.optics.pupil import PupilModel
+from dstorm3d.optics.psf_model import PSFModel, total_blur_px
 from dstorm3d.optics.render import render_frames
 from dstorm3d.optics.setup import OpticalSetup
 from dstorm3d.simulation.background import BackgroundModel, background_from_config
@@ -169,21 +171,24 @@ def batch_emitters(batch: Mapping[str, Tensor]) -> Emitters:
 class FrameSimulator(nn.Module):
     """Renders collated batches into camera frames on the batch's device.
 
-    Holds the :class:`PupilModel` (its mask a buffer, or a learnable parameter for PSF design) and the
-    camera model. ``forward`` returns frames in camera counts ``(B, H, W)``.
+    Holds the PSF model's pupil renderer (:meth:`PSFModel.pupil_model`: its mask a buffer, or a learnable
+    parameter for PSF design; its pupil amplitude) and the camera model. Every emitter is blurred by the
+    PSF model's σ and the batch's per-emitter σ combined in quadrature (:func:`total_blur_px`). ``forward``
+    returns frames in camera counts ``(B, H, W)``.
     """
 
     def __init__(
         self,
-        setup: OpticalSetup,
-        phase_mask: np.ndarray | Tensor | None,
+        psf: PSFModel,
         simulation: Mapping[str, Any],
         learnable_mask: bool = False,
     ) -> None:
         super().__init__()
         simulation = check_simulation_config(simulation)
+        setup = psf.setup
         self.setup = setup
-        self.pupil = PupilModel(setup, phase_mask, learnable=learnable_mask)
+        self.psf_blur_sigma_px = float(psf.blur_sigma_px)
+        self.pupil = psf.pupil_model(torch.float32, learnable=learnable_mask)
         self.frame_shape = (int(simulation["frame_shape"][0]), int(simulation["frame_shape"][1]))
         self.camera = camera_from_config(simulation.get("camera") or {"kind": "ideal"})
         self.render_window = simulation.get("render_window")
@@ -201,6 +206,7 @@ class FrameSimulator(nn.Module):
         photons = batch["photons"][valid]
         frames = torch.arange(valid.shape[0], device=valid.device).unsqueeze(1).expand_as(valid)[valid]
         blur = batch["blur_sigma"][valid] if "blur_sigma" in batch else None
+        blur = total_blur_px(self.psf_blur_sigma_px, blur)
         signal = render_frames(
             self.pupil,
             xyz,

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from dstorm3d.data.simulated import SimulatedDataModule
 from dstorm3d.optics.config import setup_from_config
+from dstorm3d.optics.psf_model import ScalarPupilPSF
 from dstorm3d.simulation.simulator import FrameSimulator, batch_emitters, batch_generator, collate_samples
 
 OPTICS = dict(
@@ -132,7 +133,7 @@ def test_collated_batches_render_into_plausible_frames():
     setup = setup_from_config(OPTICS)
     from dstorm3d.optics.masks import tetrapod_mask
 
-    simulator = FrameSimulator(setup, tetrapod_mask(setup), SIMULATION)
+    simulator = FrameSimulator(ScalarPupilPSF(setup, tetrapod_mask(setup)), SIMULATION)
     clean = simulator.expected_photons(batch)
     frames = simulator(batch, generator=batch_generator(torch.device("cpu"), 0, "val", 0))
     again = simulator(batch, generator=batch_generator(torch.device("cpu"), 0, "val", 0))
@@ -145,5 +146,5 @@ def test_collated_batches_render_into_plausible_frames():
 def test_frames_larger_than_the_period_need_a_window():
     setup = setup_from_config(OPTICS)
     with pytest.raises(ValueError, match="render_window"):
-        FrameSimulator(setup, None, dict(SIMULATION, frame_shape=[332, 492]))
-    FrameSimulator(setup, None, dict(SIMULATION, frame_shape=[332, 492], render_window=64))
+        FrameSimulator(ScalarPupilPSF(setup), dict(SIMULATION, frame_shape=[332, 492]))
+    FrameSimulator(ScalarPupilPSF(setup), dict(SIMULATION, frame_shape=[332, 492], render_window=64))
