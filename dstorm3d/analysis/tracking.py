@@ -116,7 +116,10 @@ def check_table(table: pd.DataFrame, what: str, extra: Sequence[str] = ()) -> No
             f"the {what} table has no column(s) {missing} (its columns: {list(table.columns)}): it needs "
             f"{list(needed)}"
         )
-    values = table[list(needed)].to_numpy(dtype=np.float64, na_value=np.nan)
+    try:
+        values = table[list(needed)].to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError):
+        raise UserInputError(f"the {what} table has values that are not numbers in {list(needed)}") from None
     if not np.isfinite(values).all():
         raise UserInputError(f"the {what} table has empty or non-finite values in {list(needed)}")
     frames = values[:, 0]
@@ -249,10 +252,9 @@ def msd(tracks: pd.DataFrame, frame_interval_s: float, max_lag: int) -> MSDCurve
     lags = np.arange(1, max_lag + 1)
     total_sums, total_counts = np.zeros(max_lag), np.zeros(max_lag, dtype=np.int64)
     per_track: list[pd.DataFrame] = []
+    frames, xyz_nm = tracks[FRAME].to_numpy().astype(np.int64), _positions_nm(tracks)
     for track_id, rows in tracks.groupby(TRACK_ID, sort=True).indices.items():
-        sums, counts = track_squared_displacements(
-            tracks[FRAME].to_numpy()[rows].astype(np.int64), _positions_nm(tracks)[rows], max_lag
-        )
+        sums, counts = track_squared_displacements(frames[rows], xyz_nm[rows], max_lag)
         total_sums, total_counts = total_sums + sums, total_counts + counts
         present = counts > 0
         per_track.append(
@@ -562,6 +564,7 @@ def run_tracking(
             "another out=<folder>)"
         )
     tracks = track(table, settings.max_distance_nm, settings.max_gap_frames, settings.min_length)
+    tracks = tracks.drop(columns=[TIME], errors="ignore")
     tracks.insert(2, TIME, (tracks[FRAME].to_numpy(float) - 1) * settings.frame_interval_s)
     curves = msd(tracks, settings.frame_interval_s, settings.max_lag)
     fit = diffusion_coefficient(curves.ensemble, settings.fit_lags)
