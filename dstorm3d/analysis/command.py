@@ -44,7 +44,7 @@ from dstorm3d.analysis.render import (
 )
 from dstorm3d.errors import UserInputError
 from dstorm3d.evaluation.report import json_safe
-from dstorm3d.evaluation.score import input_file, read_table, table_header
+from dstorm3d.evaluation.score import input_file, read_table, require_positions, table_header
 from dstorm3d.utils.validate import flag, mapping, number, writable_folder
 
 SUMMARY_FILE = "summary.json"
@@ -137,6 +137,7 @@ def prepare(config: Mapping[str, Any]) -> Prepared:
     check_tracking(config.get("tracking"))
     locs_path = input_file("locs", config.get("locs"), "a localization table (infer's localizations.csv)")
     header = table_header(locs_path, "locs")
+    require_positions(locs_path, "locs", header)
     if settings.filters.enabled:
         require_columns(header, settings.filters.needed_columns(), locs_path)
     recording = recording_info(locs_path)

@@ -185,6 +185,16 @@ def table_header(path: str | Path, key: str) -> list[str]:
     return _header(Path(path), key)
 
 
+def require_positions(path: Path, key: str, header: Sequence[str]) -> None:
+    """Refuse a table whose ``header`` lacks one of :data:`REQUIRED_COLUMNS` (one line naming it)."""
+    for column in REQUIRED_COLUMNS:
+        if column not in header:
+            raise UserInputError(
+                f'{key}={path} has no column "{column}" (its columns: {_names(header)}): give a '
+                f"ThunderSTORM table with {_names(REQUIRED_COLUMNS)} (positions in nm, frames from 1)"
+            )
+
+
 def _header(path: Path, key: str) -> list[str]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -232,12 +242,7 @@ def read_table(
     """
     path = Path(path)
     header = _header(path, key)
-    for column in REQUIRED_COLUMNS:
-        if column not in header:
-            raise UserInputError(
-                f'{key}={path} has no column "{column}" (its columns: {_names(header)}): give a '
-                f"ThunderSTORM table with {_names(REQUIRED_COLUMNS)} (positions in nm, frames from 1)"
-            )
+    require_positions(path, key, header)
     intensity_column = next((h for h in header if h.startswith(INTENSITY_PREFIX)), None)
     if need_intensity and intensity_column is None:
         raise UserInputError(
