@@ -31,7 +31,7 @@ from typing import Any
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import Container, DictConfig, OmegaConf
 
 from dstorm3d.utils.cli import UserInputError, exit_on_bad_overrides, run_or_exit
 from dstorm3d.utils.paths import CONFIG_DIR, register_root
@@ -338,7 +338,10 @@ def view(cfg: DictConfig, show: bool = True) -> Any:
         raise UserInputError(
             "locs is required: python -m dstorm3d.view locs=<localizations.csv> [recording=<tif>]"
         )
-    config = {key: OmegaConf.to_container(cfg, resolve=True).get(key) for key in SETTING_KEYS}
+    config = {
+        key: OmegaConf.to_container(value, resolve=True) if isinstance(value, Container) else value
+        for key, value in ((key, cfg.get(key)) for key in SETTING_KEYS)
+    }
     settings = ViewSettings.from_config(config)
     napari = import_napari()
     viewer = build_viewer(napari, settings, show=show)
