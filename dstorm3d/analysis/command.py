@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from dstorm3d.analysis import drift as drift_step
 from dstorm3d.analysis.drift import DriftSettings
 from dstorm3d.analysis.exports import ExportSettings, export_writers
@@ -193,9 +191,7 @@ def analyze_table(prepared: Prepared, command: str = "") -> Analysis:
     }
 
     if settings.drift.enabled:
-        drift = drift_step.estimate_drift(locs, frames, settings.drift) if len(locs) else None
-        if drift is None:
-            drift = drift_step.DriftResult(np.zeros((frames, 3)), False, "no localizations")
+        drift = drift_step.estimate_drift(locs, frames, settings.drift)
         locs = drift_step.correct(locs, drift)
         steps["drift"] = drift_step.drift_summary(drift)
         writers["drift.csv"] = lambda p: drift_step.write_drift_csv(drift, p)

@@ -101,7 +101,9 @@ def link(locs: Localizations, settings: MergeSettings) -> np.ndarray:
 
 def combine(locs: Localizations, chain: np.ndarray) -> Localizations:
     """One localization per chain index (see the module docstring), sorted by first frame."""
-    chains = int(chain.max()) + 1 if len(chain) else 0
+    if not len(chain):
+        return locs
+    chains = int(chain.max()) + 1
     weight = 1.0 / locs.precision_nm**2
     total = np.stack([np.bincount(chain, weight[:, k], chains) for k in range(3)], axis=1)
     mean = np.stack([np.bincount(chain, weight[:, k] * locs.xyz_nm[:, k], chains) for k in range(3)], 1)

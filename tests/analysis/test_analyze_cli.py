@@ -101,6 +101,26 @@ def test_the_default_output_folder_is_the_run_folder(recording_csv, tmp_path):
     assert "drift" not in record["steps"] and "frc" not in record["steps"]
 
 
+@pytest.mark.parametrize(
+    "content, kept",
+    [
+        ('"id","frame","x [nm]","y [nm]","z [nm]"\n', 0),  # a header only: every step runs on nothing
+        (
+            '"frame","x [nm]","y [nm]","z [nm]"\n1,100,200,300\n2,110,200,310\n',
+            1,
+        ),  # no photons, no confidence
+    ],
+)
+def test_empty_and_bare_tables_run_through(content, kept, tmp_path):
+    (tmp_path / "t.csv").write_text(content)
+    args = [f"locs={tmp_path / 't.csv'}", f"out={tmp_path / 'out'}", "camera_pixel_nm=100"]
+    with composed("analyze.yaml", args, tmp_path) as cfg:
+        record = analyze(cfg)
+    assert record["localizations"] == kept and record["frc_resolution_nm"] is None
+    header = (tmp_path / "out" / "localizations_analyzed.csv").read_text().splitlines()[0]
+    assert "intensity" not in header and "confidence" not in header
+
+
 def test_the_config_parses_to_the_documented_defaults():
     with composed("analyze.yaml", ["locs=x.csv"], Path("/tmp")) as cfg:
         from omegaconf import OmegaConf
