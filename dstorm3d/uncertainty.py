@@ -95,7 +95,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if figure is not None:
         measurements = {"raw σ": calibration.test_before, "calibrated": calibration.test_after}
         title = f"{Path(cfg.ckpt).name}: held-out simulated frames (seed {test_seed})"
-        save_figure(calibration_figure(measurements, title), figure, overwrite=overwrite)
+        save_figure(calibration_figure({"": measurements}, title), figure, overwrite=overwrite)
         print(f"wrote {figure}")
     if out is not None:
         calibrated_checkpoint(cfg.ckpt, out, calibration, overwrite=overwrite)

@@ -11,6 +11,10 @@ Files written into the run folder (see :data:`OUTPUT_FILES`):
 * ``jaccard_vs_density.png``, ``rmse_lateral_vs_density.png``, ``rmse_axial_vs_density.png`` — every
   checkpoint and the baseline on the same axes, one panel per condition, error bars = s.d. over frames;
 * ``rmse_vs_z.png`` — lateral and axial RMSE against the true depth at one density, with the CRLB;
+* ``uncertainty_calibration.png`` — for checkpoints whose head predicts uncertainties (offsets): histograms
+  of the z-scores (error / predicted σ) of x, y, z and photons against N(0, 1), with the raw σ and as the
+  checkpoint decodes them (its ``uncertainty_scale``), on :data:`CALIBRATION_FRAMES` frames of its own
+  training distribution (:mod:`dstorm3d.evaluation.uncertainty`; the held-out seed);
 * ``report.md`` — a table per condition and the command that made it.
 """
 
@@ -44,7 +48,17 @@ DENSITY_PLOTS = {  # file → (score, y label)
     "rmse_axial_vs_density.png": ("rmse_ax_nm", "axial RMSE (nm)"),
 }
 DEPTH_PLOT = "rmse_vs_z.png"
-OUTPUT_FILES = ("results.json", "results.csv", "rmse_vs_z.csv", *DENSITY_PLOTS, DEPTH_PLOT, "report.md")
+CALIBRATION_PLOT = "uncertainty_calibration.png"
+CALIBRATION_FRAMES = 256  # frames of each offsets checkpoint's own distribution for its calibration plot
+OUTPUT_FILES = (
+    "results.json",
+    "results.csv",
+    "rmse_vs_z.csv",
+    *DENSITY_PLOTS,
+    DEPTH_PLOT,
+    CALIBRATION_PLOT,
+    "report.md",
+)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -333,8 +347,10 @@ def markdown_report(
     settings: SweepSettings,
     results: SweepResults,
     depth_count: int,
+    calibration: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
-    """The report: checkpoints, test sets, a table per condition, CRLB, skipped points, figures."""
+    """The report: checkpoints, test sets, a table per condition, CRLB, skipped points, figures
+    (``calibration``: :func:`uncertainty_calibration`'s measurements, for the uncertainty section)."""
     pixel_nm = checkpoints[0].physics.setup.pixel_size_um * 1e3
     field_um = settings.reference_field_px * pixel_nm / 1e3
     lines = [
@@ -423,6 +439,7 @@ def markdown_report(
     lines += [
         f"![RMSE against depth at {depth_count} per field, with the CRLB]({DEPTH_PLOT})",
         "",
+        *calibration_lines(calibration or {}),
         "## Time",
         "",
     ]
@@ -432,6 +449,68 @@ def markdown_report(
             f"{timing['seconds'] / max(1, timing['frames']):.3f} s per frame ({timing['frames']} frames)"
         )
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- uncertainties
+def uncertainty_calibration(
+    checkpoints: Sequence[Evaluated], frames: int = CALIBRATION_FRAMES
+) -> dict[str, Any]:
+    """Per offsets checkpoint (by label): ``{"raw σ": Measurement, "as decoded": Measurement}``, the z-scores
+    of ``frames`` frames of its own training distribution (the held-out seed
+    :data:`~dstorm3d.evaluation.uncertainty.TEST_SEED`) with the head's raw σ and with the checkpoint's
+    factors."""
+    from dstorm3d.evaluation.uncertainty import TEST_SEED, measure, simulated_set, uncertainty_scale, unscaled
+
+    found: dict[str, Any] = {}
+    for item in checkpoints:
+        if item.module.hparams.head.get("kind") != "offsets" or frames < 1:
+            continue
+        decoded = measure(
+            item.module, simulated_set(item.module, frames, TEST_SEED), uncertainty_scale(item.module)
+        )
+        found[item.label] = {"raw σ": unscaled(decoded), "as decoded": decoded}
+    return found
+
+
+def calibration_lines(calibration: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The report's uncertainty section: z-score standard deviations per axis, and the figure."""
+    if not calibration:
+        return []
+    lines = [
+        "## Predicted uncertainties",
+        "",
+        "Standard deviation of the z-scores (error / predicted σ) of matched localizations on frames of each "
+        "checkpoint's own training distribution (1 = calibrated; `python -m dstorm3d.uncertainty` fits the "
+        "factors):",
+        "",
+        "| checkpoint | σ | pairs | x | y | z | photons | factors x / y / z / photons |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, measurements in calibration.items():
+        for name, measurement in measurements.items():
+            summary = measurement.summary
+            stds = " | ".join(f"{summary[a]['std']:.3f}" for a in ("x", "y", "z", "photons"))
+            factors = " / ".join(f"{measurement.scale[a]:.3f}" for a in ("x", "y", "z", "photons"))
+            lines.append(f"| {label} | {name} | {summary['x']['pairs']} | {stds} | {factors} |")
+    return [*lines, "", f"![z-scores against N(0, 1)]({CALIBRATION_PLOT})", ""]
+
+
+def plot_calibration(calibration: Mapping[str, Mapping[str, Any]], path: Path, overwrite: bool) -> None:
+    """The z-score histograms (:func:`~dstorm3d.evaluation.uncertainty.calibration_figure`), or a note that
+    no checkpoint predicts uncertainties."""
+    from dstorm3d.evaluation.uncertainty import calibration_figure
+
+    if calibration:
+        title = (
+            f"predicted uncertainties on each checkpoint's own simulated frames ({CALIBRATION_FRAMES} each)"
+        )
+        figure = calibration_figure(calibration, title)
+    else:
+        figure, axes = _figure(1, 1, width=5.0, height=1.2)
+        ax = axes[0, 0]
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no checkpoint predicts uncertainties (volume heads)", ha="center", va="center")
+    _save(figure, path, overwrite)
 
 
 # ---------------------------------------------------------------------------------------------- all outputs
@@ -477,6 +556,8 @@ def write_outputs(
     for name, (score, ylabel) in DENSITY_PLOTS.items():
         plot_against_density(results.rows, checkpoints, settings, score, ylabel, out / name, overwrite)
     plot_against_depth(results.depth_rows, checkpoints, settings, depth_count, out / DEPTH_PLOT, overwrite)
-    text = markdown_report(command, checkpoints, settings, results, depth_count)
+    calibration = uncertainty_calibration(checkpoints)
+    plot_calibration(calibration, out / CALIBRATION_PLOT, overwrite)
+    text = markdown_report(command, checkpoints, settings, results, depth_count, calibration)
     atomic_write(out / "report.md", lambda p: p.write_text(text), overwrite=overwrite)
     return summary

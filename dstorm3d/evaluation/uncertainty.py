@@ -271,32 +271,42 @@ def calibrated_checkpoint(
 
 
 # ---------------------------------------------------------------------------------------------- figure
-def calibration_figure(measurements: Mapping[str, Measurement], title: str = "") -> Any:
-    """Histograms of the z-scores per axis (one panel each) against the standard normal density, one
-    curve per measurement (e.g. ``{"raw σ": ..., "calibrated": ...}``), each labelled with its std."""
+def unscaled(measurement: Measurement) -> Measurement:
+    """The same localizations' z-scores with the raw σ (factors 1): σ is linear in the factor."""
+    scores = {axis: z * measurement.scale[axis] for axis, z in measurement.scores.items()}
+    return Measurement(measurement.seed, measurement.frames, dict.fromkeys(SIGMA_AXES, 1.0), scores)
+
+
+def calibration_figure(rows: Mapping[str, Mapping[str, Measurement]], title: str = "") -> Any:
+    """Histograms of the z-scores, one panel per axis and one row per entry of ``rows`` (e.g. a checkpoint),
+    against the standard normal density; one curve per measurement of the row (e.g. ``{"raw σ": ...,
+    "calibrated": ...}``), each labelled with its standard deviation."""
     from dstorm3d.visualization import new_figure
 
-    figure = new_figure(4 * 3.2, 3.0)
-    axes = figure.subplots(1, 4)
+    figure = new_figure(4 * 3.2, 3.0 * len(rows) + 0.3)
+    axes = np.atleast_2d(figure.subplots(len(rows), 4, squeeze=False))
     edges = np.linspace(-5, 5, 51)
     grid = np.linspace(-5, 5, 201)
-    for ax, axis in zip(axes, SIGMA_AXES):
-        for name, measurement in measurements.items():
-            values = measurement.scores[axis]
-            std = z_score_summary({axis: values})[axis]["std"]
-            ax.hist(
-                np.clip(values, edges[0], edges[-1]),
-                bins=edges,
-                density=True,
-                histtype="step",
-                linewidth=1.4,
-                label=f"{name}: std {std:.2f} (n={len(values)})",
-            )
-        ax.plot(grid, np.exp(-0.5 * grid**2) / np.sqrt(2 * np.pi), "k--", linewidth=1.0, label="N(0, 1)")
-        ax.set_xlabel(f"z-score of {axis} (error / predicted σ)")
-        ax.set_ylabel("density")
-        ax.set_xlim(edges[0], edges[-1])
-        ax.legend(fontsize=6, loc="upper left")
+    for row_axes, (row, measurements) in zip(axes, rows.items()):
+        for ax, axis in zip(row_axes, SIGMA_AXES):
+            for name, measurement in measurements.items():
+                values = measurement.scores[axis]
+                std = z_score_summary({axis: values})[axis]["std"]
+                ax.hist(
+                    np.clip(values, edges[0], edges[-1]),
+                    bins=edges,
+                    density=True,
+                    histtype="step",
+                    linewidth=1.4,
+                    label=f"{name}: std {std:.2f} (n={len(values)})",
+                )
+            ax.plot(grid, np.exp(-0.5 * grid**2) / np.sqrt(2 * np.pi), "k--", linewidth=1.0, label="N(0, 1)")
+            ax.set_xlabel(f"z-score of {axis} (error / predicted σ)")
+            ax.set_ylabel("density")
+            ax.set_xlim(edges[0], edges[-1])
+            ax.legend(fontsize=6, loc="upper left")
+            if len(rows) > 1:
+                ax.set_title(row, fontsize=9)
     if title:
         figure.suptitle(title, fontsize=10)
     return figure
