@@ -123,8 +123,12 @@ class SimulatedLocalizationModule(pl.LightningModule):
         return self.simulator.pupil.phase_mask
 
     def psf_model(self) -> PSFModel:
-        """The PSF model the frames are rendered with, its pupil phase the current :meth:`phase_mask`."""
-        return self.psf.replace(phase=self.phase_mask().detach().double().cpu().numpy())
+        """The PSF model the frames are rendered with: its pupil phase the current :meth:`phase_mask`
+        (learned, or an old checkpoint's state dict), else the model as given (full float64 precision)."""
+        current = self.phase_mask().detach().cpu()
+        if torch.equal(current, torch.as_tensor(self.psf.phase, dtype=current.dtype)):
+            return self.psf
+        return self.psf.replace(phase=current.double().numpy())
 
     def simulate(self, batch: Mapping[str, Tensor], generator: torch.Generator) -> Tensor:
         """Camera frames ``(B, H, W)`` (counts) of a batch of emitter lists."""

@@ -316,6 +316,7 @@ def test_read_noise_enters_the_bound_as_extra_poisson_background():
     from dstorm3d.evaluation.sweep import Condition, Physics, depth_bounds, read_noise_variance
     from dstorm3d.optics.crlb import crlb
     from dstorm3d.optics.masks import tetrapod_mask
+    from dstorm3d.optics.psf_model import ScalarPupilPSF
     from dstorm3d.optics.pupil import PupilModel
     from dstorm3d.optics.setup import storm_setup
 
@@ -330,7 +331,7 @@ def test_read_noise_enters_the_bound_as_extra_poisson_background():
     assert read_noise_variance({"kind": "ideal"}) == 0.0
     setup = storm_setup(pupil_grid=96)
     mask = torch.as_tensor(tetrapod_mask(setup), dtype=torch.float32)
-    physics = Physics(setup, mask, (24, 24), None, False, None)
+    physics = Physics(ScalarPupilPSF(setup, mask), (24, 24), None, False, None)
     pupil = PupilModel(setup, mask, dtype=torch.float64)
     z = np.array([1.0, 2.0])
     condition = Condition.from_config(
