@@ -20,6 +20,8 @@ COMMANDS = {
     "import_weights": ["-m", "dstorm3d.import_weights"],
     "optics.show": ["-m", "dstorm3d.optics.show"],
     "score": ["-m", "dstorm3d.score", "locs=a.csv", "truth=b.csv"],
+    "uncertainty": ["-m", "dstorm3d.uncertainty", "ckpt=a.ckpt"],
+    "view": ["-m", "dstorm3d.view", "locs=a.csv"],
 }
 BAD_LINES = {
     "unknown key": (["no_such_key=1"], "Could not override 'no_such_key'"),
