@@ -138,5 +138,5 @@ def test_train_infer_and_evaluate_take_the_psf_from_a_calibration_file(tmp_path)
 
     missing = run([*evaluate, "optics.pupil=nowhere.npz", f"out={tmp_path / 'e2'}"], tmp_path, EXIT_USAGE)
     assert error_lines(missing) == [
-        "error: optics.pupil=nowhere.npz: no such file (e.g. optics.pupil=<file>)"
+        "error: optics.pupil=nowhere.npz: no such file (e.g. optics.pupil=calibration.npz)"
     ]

@@ -978,7 +978,11 @@ def settings_from_config(cfg: DictConfig) -> SweepSettings:
             raise UserInputError(f"{key} must be an integer ≥ 1")
     optics_changes = OmegaConf.to_container(cfg.optics, resolve=True) if cfg.get("optics") else {}
     pupil = existing_file(
-        "optics.pupil", optics_changes.pop("pupil", None), (PSF_FILE_SUFFIX,), allow_none=True
+        "optics.pupil",
+        optics_changes.pop("pupil", None),
+        (PSF_FILE_SUFFIX,),
+        allow_none=True,
+        example="calibration.npz",
     )
     return SweepSettings(
         counts=tuple(int(c) for c in counts),

@@ -55,7 +55,9 @@ def check_optics(config: Mapping[str, Any], require_pupil_source: bool = True) -
     alone is wanted); with ``pupil``, no mask file and no mask-reading options. (The setup's numbers are
     checked by :class:`OpticalSetup`, a mask file when it is read.)"""
     optics = mapping("optics", config, known=(*setup_keys(), *MASK_KEYS))
-    pupil = existing_file("optics.pupil", optics.get("pupil"), (PSF_FILE_SUFFIX,), allow_none=True)
+    pupil = existing_file(
+        "optics.pupil", optics.get("pupil"), (PSF_FILE_SUFFIX,), allow_none=True, example="calibration.npz"
+    )
     flag("optics.resample_mask", optics.get("resample_mask", False))
     mask = optics.get("mask")
     if pupil is None:
