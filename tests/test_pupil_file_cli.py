@@ -123,6 +123,7 @@ def test_train_infer_and_evaluate_take_the_psf_from_a_calibration_file(tmp_path)
     )
     summary = json.loads((tmp_path / "infer" / "summary.json").read_text())
     assert summary["optical_setup"]["name"] == "calibrated_storm"
+    assert summary["psf_model"]["label"] == "trained" and summary["psf_model"]["blur_sigma_px"] == 0.8
     assert (tmp_path / "infer" / "overlay_frame0001.png").is_file()
 
     other = calibration(tmp_path / "other.npz", blur=1.5)

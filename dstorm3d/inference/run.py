@@ -361,6 +361,7 @@ def localize_recording(cfg: DictConfig, out: Path, preprocessing: Preprocessing)
         "preprocessing": preprocessing.to_dict(),
         "normalization": module.normalization.to_dict(),
         "optical_setup": setup.to_dict(),
+        "psf_model": module.psf_model().describe(),
         "outputs": [*OUTPUT_FILES, *overlays],
         "warnings": warnings,
     }

@@ -325,13 +325,14 @@ class SimulatedLocalizationModule(pl.LightningModule):
         }
 
 
-def render_window_px(simulation: Mapping[str, Any]) -> int:
+def render_window_px(simulation: Mapping[str, Any]) -> int | None:
     """The largest pixel grid a simulation renders in one piece: its render window, or its whole frame
     plus the filter margins (8 px a side)."""
     window = simulation.get("render_window")
     if window is not None:
         return int(window)
-    return max(int(v) for v in simulation["frame_shape"]) + 16
+    frame = simulation.get("frame_shape")  # (its absence is FrameSimulator's error to report)
+    return None if not frame else max(int(v) for v in frame) + 16
 
 
 def module_psf(
