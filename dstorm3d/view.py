@@ -166,16 +166,22 @@ def camera_pixel_nm(settings: ViewSettings, recording_files: tuple[Path, ...]) -
 
 
 def open_frames(path: Path) -> Any:
-    """The recording as a lazy ``(T, H, W)`` dask array in the file's pixel type (one frame per chunk)."""
-    import dask.array as da
-
+    """The recording, opened and checked (:func:`~dstorm3d.inference.recording.open_recording`); no pixels
+    are read."""
     from dstorm3d.inference.recording import RecordingError, open_recording
 
     try:
-        recording = open_recording(path, allow_float=True)
+        return open_recording(path, allow_float=True)
     except RecordingError as exc:
         raise UserInputError(f"recording={path}: {exc}") from None
-    return da.from_array(FrameStack(recording), chunks=(1, *recording.shape)), recording
+
+
+def lazy_frames(recording: Any) -> Any:
+    """A recording as a lazy ``(T, H, W)`` dask array in the file's pixel type (one frame per chunk; dask
+    comes with napari)."""
+    import dask.array as da
+
+    return da.from_array(FrameStack(recording), chunks=(1, *recording.shape))
 
 
 class FrameStack:
@@ -258,14 +264,14 @@ class Inputs:
     table: dict[str, np.ndarray]
     pixel_nm: float
     pixel_source: str
-    frames: Any | None = None  # (T, H, W) dask array
+    recording: Any | None = None  # the opened Recording; its frames are read lazily by the viewer
     render: tuple[np.ndarray, float, bool, tuple[str, ...]] | None = None  # read_render's
 
 
 def read_inputs(settings: ViewSettings) -> Inputs:
     """Read the table, open the recording and the render, find the camera pixel size; one-line errors."""
     table = read_table(settings.locs)
-    frames, recording = open_frames(settings.recording) if settings.recording else (None, None)
+    recording = open_frames(settings.recording) if settings.recording else None
     pixel_nm, source = camera_pixel_nm(settings, recording.files if recording is not None else ())
     if recording is not None and len(table["frame"]) and table["frame"].max() > len(recording):
         raise UserInputError(
@@ -273,15 +279,16 @@ def read_inputs(settings: ViewSettings) -> Inputs:
             f"{len(recording)} frames: give the recording the table was localized from"
         )
     render = read_render(settings.render) if settings.render else None
-    return Inputs(table, pixel_nm, source, frames, render)
+    return Inputs(table, pixel_nm, source, recording, render)
 
 
 def add_layers(viewer: Any, inputs: Inputs, settings: ViewSettings) -> Any:
     """Add the recording, render and localization layers to a napari ``Viewer`` (or a GUI-less
     ``ViewerModel``); returns it."""
-    table, pixel_nm, source, frames = inputs.table, inputs.pixel_nm, inputs.pixel_source, inputs.frames
+    table, pixel_nm, source = inputs.table, inputs.pixel_nm, inputs.pixel_source
     pixel_um = pixel_nm / 1e3
-    if frames is not None:
+    if inputs.recording is not None:
+        frames = lazy_frames(inputs.recording)
         first = np.asarray(frames[0].compute())
         lo, hi = np.percentile(first, [0.5, 99.8]) if first.size else (0.0, 1.0)
         viewer.add_image(
