@@ -110,10 +110,10 @@ def estimate(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
     from dstorm3d.evaluation.conditions import estimate_conditions
-    from dstorm3d.inference.recording import RecordingError, open_recording
+    from dstorm3d.inference.recording import RecordingError, open_recording, recording_options
 
     try:
-        recording = open_recording(str(cfg.recording))
+        recording = open_recording(str(cfg.recording), **recording_options(cfg))
     except RecordingError as exc:
         raise UserInputError(str(exc)) from None
     count = min(frames, len(recording))

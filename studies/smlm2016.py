@@ -42,7 +42,7 @@ DATA = ROOT.parent / "shared" / "data" / "external" / "smlm2016"
 BEADS = DATA / "beads_as" / "beads_AS_zstack.tif"
 FRAMES = DATA / "mt0_n1_ld_as" / "frames_0001-0064.tif"
 TRUTH = DATA / "mt0_n1_ld_as" / "ground_truth_0001-0064.csv"
-COMMITTED_PSF = ROOT / "studies" / "results" / "smlm2016_calibration" / "psf.npz"
+COMMITTED_PSF = ROOT / "studies" / "results" / "smlm2016_calibration" / "smlm2016_as_psf.npz"
 PIXEL_NM = 100.0
 
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--epochs", type=int, default=None, help="training epochs (default: the experiment's)"
     )
     parser.add_argument("--train-samples", type=int, default=None, help="training frames per epoch")
-    parser.add_argument("--truth-shift-nm", type=float, default=PIXEL_NM / 2)
+    parser.add_argument("--truth-shift-nm", type=float, default=0.0)
     parser.add_argument("--train-args", nargs="*", default=[], help="more train.py overrides")
     args = parser.parse_args(argv)
     for path in (BEADS, FRAMES, TRUTH):
@@ -156,15 +156,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "-m",
                 "dstorm3d.calibrate",
                 f"beads={BEADS}",
-                "optics=smlm2016_as",
-                "camera=smlm2016_emccd",
+                "focus_slice=76",
+                "fit.fit_step_scale=false",
+                f"reference_positions={BEADS.parent / 'beads_AS_positions.csv'}",
+                "align_to_reference=true",
                 f"out={folder}",
+                f"psf_file={COMMITTED_PSF.name}",
                 "overwrite=true",
                 f"hydra.run.dir={folder / 'hydra'}",
             ],
             log,
         )
-        psf = folder / "psf.npz"
+        psf = folder / COMMITTED_PSF.name
     psf = psf.resolve()
 
     estimate_dir = out / "estimate"
@@ -174,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "-m",
             "dstorm3d.estimate",
             f"data={FRAMES}",
+            "axes=TYX",  # the TIFF's ImageJ header calls its 64 frames channels
             "optics=smlm2016_as",
             f"optics.pupil={psf}",
             "camera=smlm2016_emccd",
@@ -217,6 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "infer.py",
             f"ckpt={ckpt}",
             f"data={FRAMES}",
+            "axes=TYX",
             f"out={infer_dir}",
             "overwrite=true",
             "overlay_frames=2",

@@ -149,9 +149,19 @@ def _tifffile_errors() -> Iterator[_TiffErrorLog]:
         logger.removeHandler(handler)
 
 
-def _frame_layout(path: Path, series: tifffile.TiffPageSeries, channel: int | None) -> tuple[int, int, int]:
-    """``(n_frames, first_page, page_step)`` of a series whose pages are the C-order planes of its axes."""
-    axes, shape = series.axes, tuple(series.shape)
+def _frame_layout(
+    path: Path, series: tifffile.TiffPageSeries, channel: int | None, axes: str | None = None
+) -> tuple[int, int, int]:
+    """``(n_frames, first_page, page_step)`` of a series whose pages are the C-order planes of its axes
+    (``axes``: the user's names for them, replacing the file's; same length)."""
+    shape = tuple(series.shape)
+    if axes is not None and len(axes) != len(shape):
+        raise RecordingError(
+            f"{path.name}: axes={axes} names {len(axes)} axes but the file has {len(shape)} "
+            f"({series.axes}, shape {'×'.join(map(str, shape))}): give one letter per axis, e.g. "
+            f"axes=T{'YX' if len(shape) == 3 else 'ZYX'}"
+        )
+    axes = axes or series.axes
     if "S" in axes or series.pages[0] is not None and series.pages[0].samplesperpixel > 1:
         raise RecordingError(
             f"{path.name}: RGB TIFFs are not supported: export a single-channel (grayscale) stack"
@@ -184,7 +194,8 @@ def _frame_layout(path: Path, series: tifffile.TiffPageSeries, channel: int | No
     if channel is None and n_channels > 1:
         raise RecordingError(
             f"{path.name}: {n_channels} channels found, one is needed: choose it with "
-            f"channel=0..{n_channels - 1} (or export a single-channel stack)"
+            f"channel=0..{n_channels - 1}, or pass axes={axes.replace(CHANNEL_AXIS, 'T')} if they are "
+            "frames (a stack mislabelled as channels)"
         )
     if channel is not None and not 0 <= channel < n_channels:
         raise RecordingError(
@@ -199,7 +210,7 @@ def _frame_layout(path: Path, series: tifffile.TiffPageSeries, channel: int | No
 
 
 def _index_file(
-    path: Path, channel: int | None, allow_float: bool
+    path: Path, channel: int | None, allow_float: bool, axes: str | None = None
 ) -> tuple[_FileIndex, tuple[int, int], np.dtype]:
     """Validate one TIFF file and index its frames; returns the index, frame shape ``(H, W)`` and dtype."""
     with _tifffile_errors() as errors:
@@ -212,7 +223,7 @@ def _index_file(
                 "or export the recording again as TIFF"
             ) from error
         try:
-            return _index_open_file(path, tif, channel, allow_float, errors)
+            return _index_open_file(path, tif, channel, allow_float, errors, axes)
         except RecordingError:
             raise
         except Exception as error:
@@ -225,7 +236,12 @@ def _index_file(
 
 
 def _index_open_file(
-    path: Path, tif: tifffile.TiffFile, channel: int | None, allow_float: bool, errors: _TiffErrorLog
+    path: Path,
+    tif: tifffile.TiffFile,
+    channel: int | None,
+    allow_float: bool,
+    errors: _TiffErrorLog,
+    axes: str | None = None,
 ) -> tuple[_FileIndex, tuple[int, int], np.dtype]:
     """:func:`_index_file` on an open file; ``errors`` holds what tifffile logged so far."""
     all_series = list(tif.series)
@@ -249,7 +265,7 @@ def _index_open_file(
     frame_shape: tuple[int, int] | None = None
     dtype: np.dtype | None = None
     for number, series in numbered_series:
-        n_frames, first_page, page_step = _frame_layout(path, series, channel)
+        n_frames, first_page, page_step = _frame_layout(path, series, channel, axes)
         series_shape, series_dtype = tuple(series.shape[-2:]), np.dtype(series.dtype)
         if frame_shape is None:
             frame_shape, dtype = series_shape, series_dtype
@@ -513,6 +529,7 @@ def open_recording(
     channel: int | None = None,
     allow_float: bool = False,
     min_shape: tuple[int, int] = (1, 1),
+    axes: str | None = None,
 ) -> Recording:
     """Open a TIFF file or a folder of TIFFs as a :class:`Recording` (see the module docstring for layouts).
 
@@ -521,6 +538,8 @@ def open_recording(
         channel: the channel to read from multi-channel hyperstacks (``C`` axis), from 0.
         allow_float: accept float pixels (they must already be camera counts).
         min_shape: smallest accepted frame ``(H, W)`` in pixels.
+        axes: the axes of every file's series as tifffile's letters, replacing what its metadata says
+            (e.g. ``"TYX"`` for a stack whose ImageJ header calls its frames channels).
 
     Only headers are read here; frames are read when indexed. Raises :class:`RecordingError`.
     """
@@ -542,13 +561,20 @@ def open_recording(
         files = [path]
     if channel is not None and (isinstance(channel, bool) or not isinstance(channel, int) or channel < 0):
         raise RecordingError(f"channel must be a channel number ≥ 0, got {channel!r}: use channel=0, 1, ...")
+    if axes is not None:
+        axes = str(axes).upper()
+        if not axes.endswith("YX") or len(set(axes)) != len(axes) or not set(axes) <= set(f"{FRAME_AXES}CYX"):
+            raise RecordingError(
+                f"axes={axes} is not a TIFF axes string: use one letter per axis from {FRAME_AXES}, C, "
+                "ending in YX, e.g. axes=TYX"
+            )
 
     indices: list[_FileIndex] = []
     first = files[0]
     shape: tuple[int, int] | None = None
     dtype: np.dtype | None = None
     for file in files:
-        index, file_shape, file_dtype = _index_file(file, channel, allow_float)
+        index, file_shape, file_dtype = _index_file(file, channel, allow_float, axes)
         if shape is None:
             shape, dtype = file_shape, file_dtype
         elif file_shape != shape:
@@ -573,6 +599,16 @@ def open_recording(
     return Recording(path, indices, shape, dtype, channel)
 
 
+def recording_options(cfg: Any) -> dict[str, Any]:
+    """:func:`open_recording`'s options from a command's config (keys ``channel``, ``axes``,
+    ``allow_float``; missing ones take the defaults)."""
+    return {
+        "channel": cfg.get("channel"),
+        "axes": cfg.get("axes"),
+        "allow_float": bool(cfg.get("allow_float", False)),
+    }
+
+
 class RecordingDataset(Dataset):
     """One preprocessed frame per item, for a DataLoader over a recording.
 
@@ -588,7 +624,7 @@ class RecordingDataset(Dataset):
         **open_options: Any,
     ) -> None:
         """``recording``: an open :class:`Recording`, or a path given to :func:`open_recording` with
-        ``open_options`` (``channel``, ``allow_float``, ``min_shape``)."""
+        ``open_options`` (``channel``, ``allow_float``, ``min_shape``, ``axes``)."""
         if isinstance(recording, Recording):
             if open_options:
                 raise TypeError("open options only apply when a path is given, not an open Recording")

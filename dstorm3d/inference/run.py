@@ -25,7 +25,7 @@ from dstorm3d.inference.outputs import (
     super_resolution_render,
 )
 from dstorm3d.inference.preprocess import Preprocessing
-from dstorm3d.inference.recording import RecordingDataset, RecordingError, open_recording
+from dstorm3d.inference.recording import RecordingDataset, RecordingError, open_recording, recording_options
 from dstorm3d.inference.writer import LocalizationWriter
 from dstorm3d.models.tiling import required_head_margin, required_margin
 from dstorm3d.modules.checkpoints import load_module, read_checkpoint_kind
@@ -235,17 +235,13 @@ def localize_recording(cfg: DictConfig, out: Path, preprocessing: Preprocessing)
     """The work of :func:`infer` once its settings and its output folder are checked and claimed."""
     read_checkpoint_kind(cfg.ckpt)
     try:
-        recording = open_recording(
-            cfg.recording, channel=cfg.get("channel"), allow_float=bool(cfg.allow_float)
-        )
+        recording = open_recording(cfg.recording, **recording_options(cfg))
     except RecordingError as exc:
         raise UserInputError(str(exc)) from None
     module = load_module(cfg.ckpt)
     preprocessing = preprocessing.with_target(training_camera(module))
 
-    dataset = RecordingDataset(
-        cfg.recording, preprocessing, channel=cfg.get("channel"), allow_float=bool(cfg.allow_float)
-    )
+    dataset = RecordingDataset(cfg.recording, preprocessing, **recording_options(cfg))
     loader = DataLoader(
         dataset, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), shuffle=False
     )

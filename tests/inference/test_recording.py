@@ -119,6 +119,20 @@ def test_imagej_hyperstack_channel_choice(tmp_path: Path):
         open_recording(tmp_path / "ijc.tif", channel=3)
 
 
+def test_axes_override_reads_frames_labelled_as_channels(tmp_path: Path):
+    """The SMLM Challenge 2016's frames TIFF calls its 64 frames channels (ImageJ ``channels=64``)."""
+    frames = distinct_frames(6)
+    write_tiff(tmp_path / "c.tif", frames, imagej=True, metadata={"axes": "CYX"})
+    with pytest.raises(RecordingError, match=r"6 channels found.*or pass axes=TYX if they are frames"):
+        open_recording(tmp_path / "c.tif")
+    assert_reads_as(open_recording(tmp_path / "c.tif", axes="tyx"), frames)
+    with pytest.raises(RecordingError, match=r"axes=TZYX names 4 axes but the file has 3 \(CYX"):
+        open_recording(tmp_path / "c.tif", axes="TZYX")
+    for bad in ("TXY", "TTYX", "SYX"):
+        with pytest.raises(RecordingError, match=f"axes={bad} is not a TIFF axes string"):
+            open_recording(tmp_path / "c.tif", axes=bad)
+
+
 def test_hyperstack_z_planes_as_frames_and_time_with_z_refused(tmp_path: Path):
     planes = distinct_frames(6)
     write_tiff(tmp_path / "z.tif", planes, imagej=True, metadata={"axes": "ZYX"})
