@@ -1,6 +1,6 @@
 """The library behind ``python -m dstorm3d.analyze``: settings, checks and the pipeline.
 
-Order: drift → merging → filtering → (tracking: not wired yet) → render and FRC → exports; each step is
+Order: drift → merging → filtering → tracking → render and FRC → exports; each step is
 switched on or off in ``configs/analyze.yaml``. Every setting, the input's columns and the output folder
 are checked before the table is read (:func:`prepare`); :func:`analyze_table` runs the steps and
 :func:`write_outputs` writes the files atomically, ``summary.json`` last.
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dstorm3d.analysis import drift as drift_step
+from dstorm3d.analysis import tracking as tracking_step
 from dstorm3d.analysis.drift import DriftSettings
 from dstorm3d.analysis.exports import ExportSettings, export_writers
 from dstorm3d.analysis.filters import FilterSettings, apply_filters
@@ -68,6 +69,7 @@ class AnalyzeSettings:
     frc: FRCSettings
     exports: ExportSettings
     camera_pixel_nm: float | None = None
+    tracking: tracking_step.TrackingSettings | None = None  # None: no tracking
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> AnalyzeSettings:
@@ -86,6 +88,7 @@ class AnalyzeSettings:
             camera_pixel_nm=number(
                 "camera_pixel_nm", config.get("camera_pixel_nm"), above=0.0, allow_none=True, example=110
             ),
+            tracking=tracking_settings(config.get("tracking"), flag("merging.enabled", merging_on(config))),
         )
 
     def output_files(self) -> list[str]:
@@ -93,13 +96,15 @@ class AnalyzeSettings:
         names = list(DRIFT_FILES) if self.drift.enabled else []
         names += list(RENDER_FILES) if self.render.enabled else []
         names += list(FRC_FILES) if self.frc.enabled else []
+        names += list(tracking_step.OUTPUT_FILES) if self.tracking is not None else []
         return [*names, *self.exports.files(), SUMMARY_FILE]
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
         return {name: asdict(getattr(self, name)) for name in SECTIONS} | {
-            "camera_pixel_nm": self.camera_pixel_nm
+            "camera_pixel_nm": self.camera_pixel_nm,
+            "tracking": None if self.tracking is None else self.tracking.to_dict(),
         }
 
 
@@ -116,14 +121,34 @@ class Prepared:
     overwrite: bool
 
 
-def check_tracking(value: Any) -> None:
-    """``tracking``: the place for 3D tracking + MSD (see dstorm3d/analysis/tracking.py, not wired yet)."""
-    # TRACKING: wire dstorm3d.analysis.tracking here (its settings, then a step after filtering).
-    if value is not None:
+def merging_on(config: Mapping[str, Any]) -> Any:
+    """The raw ``merging.enabled`` setting (checked by :class:`MergeSettings`)."""
+    merging = config.get("merging")
+    return merging.get("enabled", True) if isinstance(merging, Mapping) else True
+
+
+def tracking_settings(value: Any, merging: bool) -> tracking_step.TrackingSettings | None:
+    """``tracking``: ``{enabled, frame_interval_s, ...}`` (:class:`~dstorm3d.analysis.tracking.
+    TrackingSettings`' keys) → its settings, or None when off. The frame interval has no default (a wrong
+    one scales D silently), and merging must be off (it would fold a moving emitter's track into one
+    localization)."""
+    if value is None:
+        return None
+    known = ["enabled", *tracking_step.TrackingSettings.__dataclass_fields__]
+    given = dict(mapping("tracking", value, known))
+    if not flag("tracking.enabled", given.pop("enabled", False)):
+        return None
+    if given.get("frame_interval_s") is None:
         raise UserInputError(
-            f"tracking={value!r}: tracking is not wired into analyze yet (see "
-            "dstorm3d/analysis/tracking.py); leave tracking=null"
+            "tracking.frame_interval_s is required with tracking.enabled=true: the time between frames "
+            "in s (e.g. tracking.frame_interval_s=0.1 at 10 Hz)"
         )
+    if merging:
+        raise UserInputError(
+            "tracking.enabled=true with merging.enabled=true would merge each moving emitter's "
+            "consecutive localizations before linking them: pass merging.enabled=false"
+        )
+    return tracking_step.TrackingSettings.from_config(given)
 
 
 def prepare(config: Mapping[str, Any]) -> Prepared:
@@ -132,7 +157,6 @@ def prepare(config: Mapping[str, Any]) -> Prepared:
     this run's files unless ``overwrite``). Raises :class:`UserInputError` with one line."""
     overwrite = flag("overwrite", config.get("overwrite"))
     settings = AnalyzeSettings.from_config(config)
-    check_tracking(config.get("tracking"))
     locs_path = input_file("locs", config.get("locs"), "a localization table (infer's localizations.csv)")
     header = table_header(locs_path, "locs")
     require_positions(locs_path, "locs", header)
@@ -210,7 +234,14 @@ def analyze_table(prepared: Prepared, command: str = "") -> Analysis:
     if settings.filters.enabled:
         locs, steps["filtering"] = apply_filters(locs, settings.filters)
 
-    # TRACKING: the tracking step (dstorm3d/analysis/tracking.py) goes here, on the filtered localizations.
+    tracked = None
+    if settings.tracking is not None:
+        table = tracking_step.table_from_arrays(
+            locs.frame, locs.xyz_nm, **{"intensity [photon]": locs.photons, "confidence": locs.confidence}
+        )
+        tracked = tracking_step.analyse_tracks(table, settings.tracking)
+        writers.update(tracking_step.tracking_writers(tracked, settings.tracking))
+        steps["tracking"] = tracked.summary["counts"]
 
     if settings.render.enabled:
         shape = grid_shape(field_nm, settings.render.pixel_nm)
@@ -249,7 +280,9 @@ def analyze_table(prepared: Prepared, command: str = "") -> Analysis:
             "frames": frames,
             "camera_pixel_nm": prepared.camera_pixel_nm,
         },
-        "tracking": None,  # TRACKING: the tracking step's record (see dstorm3d/analysis/tracking.py)
+        "tracking": None
+        if tracked is None
+        else {"diffusion": tracked.summary["diffusion"], **steps["tracking"]},
         "settings": settings.to_dict(),
         "units": "positions, precisions, drift, resolution: nm; frames from 1",
         "command": command,
@@ -291,6 +324,13 @@ def summary_line(record: Mapping[str, Any], folder: Path) -> list[str]:
         parts.append(f"merged to {steps['merging']['after']}")
     if "filtering" in steps:
         parts.append(f"{steps['filtering']['after']} after filtering")
+    if "tracking" in steps:
+        d = record["tracking"]["diffusion"]
+        parts.append(
+            f"{steps['tracking']['tracks']} tracks, D = {d['diffusion_um2_per_s']:.4g} µm²/s"
+            if steps["tracking"]["tracks"]
+            else "no tracks"
+        )
     if "frc" in steps:
         value = steps["frc"]["resolution_nm"]
         parts.append(f"FRC resolution {value:.1f} nm" if value else "FRC: no resolution")

@@ -28,7 +28,7 @@ Tables are pandas DataFrames with the ThunderSTORM columns dstorm3d writes (``lo
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -550,12 +550,39 @@ def tracking_summary(
     )
 
 
+def analyse_tracks(table: pd.DataFrame, settings: TrackingSettings) -> TrackingResult:
+    """Track ``table`` (localizations: frame, x/y/z [nm]) and compute the MSDs and D; nothing is written
+    (``files`` is empty; :func:`tracking_writers` gives the writers)."""
+    tracks = track(table, settings.max_distance_nm, settings.max_gap_frames, settings.min_length)
+    tracks = tracks.drop(columns=[TIME], errors="ignore")
+    tracks.insert(2, TIME, (tracks[FRAME].to_numpy(float) - 1) * settings.frame_interval_s)
+    curves = msd(tracks, settings.frame_interval_s, settings.max_lag)
+    fit = diffusion_coefficient(curves.ensemble, settings.fit_lags)
+    summary = tracking_summary(table, tracks, curves, fit, settings)
+    return TrackingResult(tracks, curves, fit, summary, {})
+
+
+def tracking_writers(result: TrackingResult, settings: TrackingSettings) -> dict[str, Callable[[Path], None]]:
+    """``{file name: write(path)}`` for :data:`OUTPUT_FILES` of an :func:`analyse_tracks` result."""
+    tracks_plot, msd_plot = (
+        tracks_figure(result.tracks, settings),
+        msd_figure(result.curves, result.fit, settings),
+    )
+    summary_text = json.dumps(result.summary, indent=2) + "\n"
+    return {
+        TRACKS_FILE: lambda p: result.tracks.to_csv(p, index=False),
+        MSD_FILE: lambda p: result.curves.to_frame().to_csv(p, index=False),
+        SUMMARY_FILE: lambda p: p.write_text(summary_text),
+        TRACKS_FIGURE: lambda p: tracks_plot.savefig(p, format="png"),
+        MSD_FIGURE: lambda p: msd_plot.savefig(p, format="png"),
+    }
+
+
 def run_tracking(
     table: pd.DataFrame, settings: TrackingSettings, out_dir: str | Path, overwrite: bool = False
 ) -> TrackingResult:
-    """Track ``table`` (localizations: frame, x/y/z [nm]), compute MSDs and D, and write
-    :data:`OUTPUT_FILES` into ``out_dir``, each atomically. Existing files there are refused before any
-    work (``FileExistsError``) unless ``overwrite``."""
+    """:func:`analyse_tracks`, then write :data:`OUTPUT_FILES` into ``out_dir``, each atomically. Existing
+    files there are refused before any work (``FileExistsError``) unless ``overwrite``."""
     folder = Path(out_dir)
     existing = [name for name in OUTPUT_FILES if (folder / name).exists()]
     if existing and not overwrite:
@@ -563,21 +590,8 @@ def run_tracking(
             f"{folder / existing[0]} exists; refusing to overwrite it (pass overwrite=true or choose "
             "another out=<folder>)"
         )
-    tracks = track(table, settings.max_distance_nm, settings.max_gap_frames, settings.min_length)
-    tracks = tracks.drop(columns=[TIME], errors="ignore")
-    tracks.insert(2, TIME, (tracks[FRAME].to_numpy(float) - 1) * settings.frame_interval_s)
-    curves = msd(tracks, settings.frame_interval_s, settings.max_lag)
-    fit = diffusion_coefficient(curves.ensemble, settings.fit_lags)
-    summary = tracking_summary(table, tracks, curves, fit, settings)
-    paths = {name: folder / name for name in OUTPUT_FILES}
-    atomic_write(paths[TRACKS_FILE], lambda p: tracks.to_csv(p, index=False), overwrite=True)
-    atomic_write(paths[MSD_FILE], lambda p: curves.to_frame().to_csv(p, index=False), overwrite=True)
-    atomic_write(
-        paths[SUMMARY_FILE], lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"), overwrite=True
-    )
-    for name, figure in (
-        (TRACKS_FIGURE, tracks_figure(tracks, settings)),
-        (MSD_FIGURE, msd_figure(curves, fit, settings)),
-    ):
-        atomic_write(paths[name], lambda p, f=figure: f.savefig(p, format="png"), overwrite=True)
-    return TrackingResult(tracks, curves, fit, summary, paths)
+    result = analyse_tracks(table, settings)
+    for name, write in tracking_writers(result, settings).items():
+        atomic_write(folder / name, write, overwrite=True)
+        result.files[name] = folder / name
+    return result
