@@ -22,6 +22,9 @@ COMMANDS = {
     "score": ["-m", "dstorm3d.score", "locs=a.csv", "truth=b.csv"],
     "uncertainty": ["-m", "dstorm3d.uncertainty", "ckpt=a.ckpt"],
     "view": ["-m", "dstorm3d.view", "locs=a.csv"],
+    "analyze": ["-m", "dstorm3d.analyze", "locs=a.csv"],
+    "estimate": ["-m", "dstorm3d.estimate", "data=a.tif"],
+    "calibrate": ["-m", "dstorm3d.calibrate", "beads=a.tif"],
 }
 BAD_LINES = {
     "unknown key": (["no_such_key=1"], "Could not override 'no_such_key'"),
