@@ -84,6 +84,7 @@ def estimate(cfg: DictConfig) -> dict[str, Any]:
         raise UserInputError("data=<recording> is required: python -m dstorm3d.estimate data=frames.tif ...")
     frames = integer("frames", cfg.frames, minimum=1, example=64)
     max_emitters = integer("max_emitters", cfg.max_emitters, minimum=1, example=10)
+    threshold = number("min_log_likelihood_ratio", cfg.min_log_likelihood_ratio, above=0.0, example=20)
     factors = {key: number(key, cfg[key], above=0.0) for key in ("density_factor",)}
     margins = {key: number(key, cfg[key], minimum=0.0) for key in ("photon_margin", "background_margin")}
     overwrite = flag("overwrite", cfg.overwrite)
@@ -119,7 +120,9 @@ def estimate(cfg: DictConfig) -> dict[str, Any]:
     count = min(frames, len(recording))
     counts = np.stack([recording[i].astype(np.float64) for i in range(count)])
     photons = camera.to_photons(torch.from_numpy(counts)).numpy()
-    conditions, found = estimate_conditions(psf, photons, excess_noise=excess, max_emitters=max_emitters)
+    conditions, found = estimate_conditions(
+        psf, photons, excess_noise=excess, max_emitters=max_emitters, min_log_likelihood_ratio=threshold
+    )
     overrides = conditions.simulation_overrides(
         factors["density_factor"], margins["photon_margin"], margins["background_margin"]
     )
@@ -127,6 +130,8 @@ def estimate(cfg: DictConfig) -> dict[str, Any]:
         "recording": str(cfg.recording),
         "frames": count,
         "excess_noise": excess,
+        "max_emitters": max_emitters,
+        "min_log_likelihood_ratio": threshold,
         "conditions": conditions.to_dict(),
         "simulation_overrides": overrides,
     }

@@ -164,8 +164,18 @@ def summarise(frames_photons: np.ndarray, found: Emitters, pixel_size_um: float)
 
 
 def estimate_conditions(
-    psf: PSFModel, frames_photons: np.ndarray, excess_noise: float = 1.0, max_emitters: int = 10
+    psf: PSFModel,
+    frames_photons: np.ndarray,
+    excess_noise: float = 1.0,
+    max_emitters: int = 10,
+    min_log_likelihood_ratio: float | None = None,
 ) -> tuple[ImagingConditions, Emitters]:
     """Fit the frames (:func:`fit_recording`) and summarise them (:func:`summarise`)."""
-    found = fit_recording(psf, frames_photons, max_emitters=max_emitters, excess_noise=excess_noise)
+    found = fit_recording(
+        psf,
+        frames_photons,
+        max_emitters=max_emitters,
+        excess_noise=excess_noise,
+        min_log_likelihood_ratio=min_log_likelihood_ratio,
+    )
     return summarise(frames_photons, found, psf.setup.pixel_size_um), found
