@@ -1,6 +1,6 @@
 """Estimating a recording's imaging conditions (dstorm3d.evaluation.conditions and
-``python -m dstorm3d.estimate``) on EMCCD frames simulated with the committed SMLM Challenge 2016 calibration: known emitters, photons and
-background."""
+``python -m dstorm3d.estimate``) on EMCCD frames simulated with the committed SMLM Challenge 2016
+calibration: known emitters, photons and background."""
 
 from __future__ import annotations
 
