@@ -15,12 +15,14 @@ Every step runs the real command line, in order:
 5. ``python -m dstorm3d.score`` of the CNN's and of the fitter's localizations against the ground truth
    with the challenge's rules (lateral < 250 nm, |Δz| < 500 nm; Jaccard, RMSE, efficiency).
 
-The ground truth is brought into dstorm3d's convention first: x, y from the image's top-left *corner*
-(dstorm3d) and z above the coverslip, i.e. z_gt + NFP (the calibrated setup's focus). The lateral origin
-of the challenge's table is determined from the data: the fitter's and the CNN's localizations are scored
-against the untouched table (``truth_raw.csv``) and the mean offset of matched pairs is reported; the table
-is then shifted by ``--truth-shift-nm`` (default +50 nm = half a 100-nm pixel: the challenge's positions
-count from the centre of the first pixel) — report.md prints both so the choice can be checked.
+The ground truth is brought into dstorm3d's convention first: z above the coverslip, i.e. z_gt + NFP (the
+calibrated setup's focus); x, y from the image's top-left corner. The lateral origin was determined from the
+data: the challenge's bead positions file and its frames' ground truth share one origin, which lies
+(−17, +48) nm from the pupil model's own (the calibration's ``reference_positions`` comparison; about x
+from the pixel corner and y from the first pixel's centre, or an equal lateral offset of the measured PSF
+— the data cannot tell the two apart). The committed calibration is aligned to the bead positions
+(``align_to_reference=true``), so the table is scored unshifted: ``--truth-shift-nm`` defaults to 0, and the
+mean offset of matched pairs (localization − truth, report.md) checks it.
 
 Writes into ``--out``: ``report.md`` (+ ``report.json``), ``truth.csv``, ``truth_raw.csv`` and one folder
 per step with that command's own outputs.
@@ -299,9 +301,9 @@ def report_markdown(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"The table was shifted by {report['truth_shift_nm']:g} nm in x and y before scoring (dstorm3d "
-        "counts from the image's top-left corner; an offset near +50 nm above means the challenge counts "
-        "from the centre of the first pixel). z: truth + NFP "
+        f"The table was shifted by {report['truth_shift_nm']:g} nm in x and y before scoring. The PSF "
+        "calibration is aligned to the challenge's bead positions file, whose origin the frames' ground "
+        "truth shares: offsets near 0 above confirm it. z: truth + NFP "
         f"({report['nfp_nm']:g} nm, the calibrated setup's focus).",
         "",
         "Seconds per step: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items()),

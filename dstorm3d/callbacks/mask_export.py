@@ -8,11 +8,13 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from dstorm3d.optics.masks import save_phase_mask
+from dstorm3d.optics.psf_model import save_psf
 from dstorm3d.utils.files import atomic_write
 
 
 class LearnedMaskExport(pl.Callback):
-    """Writes ``learned_mask.npy/.tif/.mat`` (float64 rad, with the optical setup) and
+    """Writes ``learned_mask.npy/.tif/.mat`` (float64 rad, with the optical setup), ``learned_mask.npz``
+    (the whole learned PSF model: setup, learned phase, pupil amplitude, blur; for ``optics.pupil=``) and
     ``learned_mask.json`` (setup, mask settings, steps, and the largest difference between the ranks'
     masks, which DDP must keep at 0) into ``output_dir``."""
 
@@ -32,6 +34,13 @@ class LearnedMaskExport(pl.Callback):
         learned = pl_module.phase_mask().detach().double().cpu().numpy()
         for suffix in (".npy", ".tif", ".mat"):
             save_phase_mask(learned, self.output_dir / f"{self.name}{suffix}", setup=setup, overwrite=True)
+        if self.output_dir.joinpath(f"{self.name}.npz").exists():
+            self.output_dir.joinpath(f"{self.name}.npz").unlink()
+        save_psf(
+            self.output_dir / f"{self.name}.npz",
+            pl_module.psf_model(),
+            metadata={"source": "PSF design (LearnedMaskExport)", "global_step": trainer.global_step},
+        )
         record = {
             "optical_setup": setup.to_dict(),
             "mask_learning": dict(pl_module.hparams.get("mask_learning", {})),
@@ -39,7 +48,7 @@ class LearnedMaskExport(pl.Callback):
             "global_step": trainer.global_step,
             "world_size": trainer.world_size,
             "ranks_max_abs_difference_rad": difference,
-            "files": [f"{self.name}{s}" for s in (".npy", ".tif", ".mat")],
+            "files": [f"{self.name}{s}" for s in (".npy", ".tif", ".mat", ".npz")],
         }
         atomic_write(
             self.output_dir / f"{self.name}.json",
