@@ -58,7 +58,7 @@ def test_the_challenge_study_runs_end_to_end_and_scores_both_methods(tmp_path):
     assert abs(origin["bias_x_nm"]) <= 15 and abs(origin["bias_y_nm"]) <= 15
     # the CNN after REDUCED_STEPS = 96 steps: measured Jaccard 0.686 (48 found, 3 false; RMSE 68 / 119 nm)
     # with torch on 2 threads, 0.507 on 1 thread (pytest -n 2): so short a training depends on the
-    # arithmetic's order; an untrained network finds nothing (the full study's 6,250 steps: 0.806)
+    # arithmetic's order; an untrained network finds nothing (the full study's 12,500 steps: 0.821)
     cnn = scores["cnn"]
     assert cnn["jaccard"] >= 0.45 and cnn["rmse_lat_nm"] <= 90
     assert (out / "report.md").read_text().startswith("# SMLM Challenge 2016")
@@ -92,6 +92,7 @@ def test_the_shipped_challenge_model_scores_its_measured_jaccard(tmp_path):
         out / "localizations.csv", tmp_path / "truth.csv", tmp_path / "score", tmp_path / "log"
     )
     row = study.summary_row("cnn", record)
-    # measured: Jaccard 0.806 (54 / 0 / 13), RMSE 37.2 / 48.1 nm (studies/results/smlm2016/report.md)
-    assert row["jaccard"] >= 0.78 and row["fp"] <= 1
-    assert row["rmse_lat_nm"] <= 42 and row["rmse_ax_nm"] <= 55
+    # measured: Jaccard 0.821 (55 / 0 / 12), RMSE 32.4 / 51.3 nm (studies/results/smlm2016/report.md; the
+    # fitter's is 0.821 too); the floor allows one emitter less (54 / 67 = 0.806)
+    assert row["jaccard"] >= 0.80 and row["fp"] <= 1
+    assert row["rmse_lat_nm"] <= 37 and row["rmse_ax_nm"] <= 56
