@@ -87,7 +87,7 @@ def test_the_shipped_challenge_model_scores_its_measured_jaccard(tmp_path):
     spec = importlib.util.spec_from_file_location("smlm2016", REPO_ROOT / "studies" / "smlm2016.py")
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
-    study.convert_truth(truth, tmp_path / "truth.csv", 0.0, 1000.0)
+    study.convert_truth(truth, tmp_path / "truth.csv", 0.0, study.nfp_of(study.COMMITTED_PSF))
     record = study.score(
         out / "localizations.csv", tmp_path / "truth.csv", tmp_path / "score", tmp_path / "log"
     )

@@ -34,12 +34,11 @@ class LearnedMaskExport(pl.Callback):
         learned = pl_module.phase_mask().detach().double().cpu().numpy()
         for suffix in (".npy", ".tif", ".mat"):
             save_phase_mask(learned, self.output_dir / f"{self.name}{suffix}", setup=setup, overwrite=True)
-        if self.output_dir.joinpath(f"{self.name}.npz").exists():
-            self.output_dir.joinpath(f"{self.name}.npz").unlink()
         save_psf(
             self.output_dir / f"{self.name}.npz",
             pl_module.psf_model(),
             metadata={"source": "PSF design (LearnedMaskExport)", "global_step": trainer.global_step},
+            overwrite=True,
         )
         record = {
             "optical_setup": setup.to_dict(),

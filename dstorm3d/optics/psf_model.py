@@ -178,9 +178,12 @@ def psf_from_dict(data: dict[str, Any]) -> PSFModel:
     )
 
 
-def save_psf(path: str | Path, model: PSFModel, metadata: dict[str, Any] | None = None) -> Path:
+def save_psf(
+    path: str | Path, model: PSFModel, metadata: dict[str, Any] | None = None, overwrite: bool = False
+) -> Path:
     """Write ``model`` (plus optional JSON-able ``metadata``, e.g. fit statistics) to an ``.npz`` file,
-    atomically. Arrays are stored as arrays, everything else as one JSON string (no pickles)."""
+    atomically; an existing file is replaced only with ``overwrite``. Arrays are stored as arrays,
+    everything else as one JSON string (no pickles)."""
     path = Path(path)
     if path.suffix != PSF_FILE_SUFFIX:
         raise PSFFileError(f"a PSF file must end in {PSF_FILE_SUFFIX}, got {path.name!r}")
@@ -196,7 +199,7 @@ def save_psf(path: str | Path, model: PSFModel, metadata: dict[str, Any] | None 
         with open(target, "wb") as handle:
             np.savez_compressed(handle, header=np.array(header), **arrays)
 
-    atomic_write(path, write)
+    atomic_write(path, write, overwrite=overwrite)
     return path
 
 

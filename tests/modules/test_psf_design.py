@@ -26,6 +26,7 @@ from dstorm3d.data.simulated import SimulatedDataModule
 from dstorm3d.modules.localizer import LocalizerModule
 from dstorm3d.modules.psf_design import PSFDesignModule
 from dstorm3d.optics.masks import aperture_support, read_mask_file
+from dstorm3d.optics.psf_model import load_psf
 from dstorm3d.simulation.simulator import batch_generator
 from dstorm3d.utils.paths import REPO_ROOT
 
@@ -256,8 +257,6 @@ def test_learned_mask_export_reloads_bit_identically_and_feeds_a_localizer(tmp_p
     assert record["global_step"] == 2 and record["world_size"] == 1
     assert record["ranks_max_abs_difference_rad"] == 0.0
     assert record["files"] == ["learned_mask.npy", "learned_mask.tif", "learned_mask.mat", "learned_mask.npz"]
-    from dstorm3d.optics.psf_model import load_psf
-
     learned_psf, metadata = load_psf(run / "learned_mask.npz")  # the whole PSF model, for optics.pupil=
     assert np.array_equal(learned_psf.phase, np.load(run / "learned_mask.npy"))
     assert learned_psf.setup == design.optical_setup and metadata["global_step"] == 2

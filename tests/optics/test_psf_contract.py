@@ -172,6 +172,8 @@ def test_a_calibration_file_round_trips(psf, tmp_path):
     assert again.to_dict() == psf.to_dict() and metadata == {"beads": 12, "rms_residual": 0.031}
     with pytest.raises(FileExistsError):
         save_psf(path, psf)
+    save_psf(path, psf, metadata={"beads": 3}, overwrite=True)  # replaced only when asked
+    assert load_psf(path)[1] == {"beads": 3}
 
 
 def test_the_zstack_is_the_psf_at_a_pixel_centre(psf):
